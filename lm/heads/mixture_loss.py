@@ -1,5 +1,8 @@
 """Fused NLL of a mixture head that never keeps ``tokens x K x V`` tensors for the backward pass.
 
+Also the training loss of the one-component heads (softmax, sigsoftmax): :func:`fused_single_nll` is
+the ``K = 1`` case, where the component posterior is exactly 1.
+
 For one token with target ``y``, mixture weights ``log pi`` ``(K,)``, component logits
 ``z_k = W h_k + b`` ``(K, V)`` and component log-probabilities ``log q_k = f(z_k)``:
 
@@ -230,3 +233,25 @@ def fused_mixture_nll(
     return _FusedMixtureNLL.apply(
         latent.contiguous(), log_prior.contiguous(), weight, bias, targets.contiguous(), component, precompute
     )
+
+
+def fused_single_nll(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor, component: str
+) -> torch.Tensor:
+    """Per-token NLL of the one-component head ``log_softmax(u(W g + b))`` at ``targets``.
+
+    The ``K = 1`` case of :func:`fused_mixture_nll`: equal to ``F.cross_entropy`` on the scores, but the
+    logits are exponentiated once, in place and chunk by chunk, and the closed-form gradient
+    ``(q - onehot) c`` replaces autograd's ``log_softmax`` and ``nll_loss`` backward passes, each of which
+    reads and writes a tokens x V tensor (about 1.5x faster training at V = 18k on a CPU).
+
+    Args:
+        hidden: ``(..., d)``; weight: ``(V, d)``; bias: ``(V,)``; targets: ``(...)`` long.
+        component: a key of :data:`COMPONENTS`.
+    Returns:
+        ``(...)`` negative log-likelihoods.
+    """
+    latent = hidden.reshape(-1, 1, hidden.shape[-1])  # (..., d) -> (N, 1, d)
+    log_prior = latent.new_zeros(latent.shape[0], 1)  # log 1: the single component
+    nll = fused_mixture_nll(latent, log_prior, weight, bias, targets.reshape(-1), component)  # (N,)
+    return nll.view(targets.shape)

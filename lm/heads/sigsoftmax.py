@@ -5,12 +5,12 @@
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lm.heads.decoder import build_decoder
 from lm.heads.functional import log_sigsoftmax
 from lm.heads.loss import check_reduction, check_targets, reduce_nll
+from lm.heads.mixture_loss import fused_single_nll
 from lm.heads.options import check_size
 
 
@@ -38,10 +38,9 @@ class SigsoftmaxHead(nn.Module):
         return log_sigsoftmax(self.decoder(hidden))
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor, reduction: str = "none") -> torch.Tensor:
-        """NLL of ``targets`` ``(...)``: ``F.cross_entropy`` on ``u = z + logsigmoid(z)``."""
+        """NLL of ``targets`` ``(...)``: cross-entropy on ``u = z + logsigmoid(z)``, fused and chunked
+        (see :func:`~lm.heads.mixture_loss.fused_single_nll`)."""
         check_reduction(reduction)
         check_targets(hidden, targets)
-        logits = self.decoder(hidden).reshape(-1, self.decoder.out_features)  # (..., V) -> (N, V)
-        scores = F.logsigmoid(logits).add_(logits)  # u = z + logsigmoid(z), (N, V)
-        nll = F.cross_entropy(scores, targets.reshape(-1), reduction="none")
-        return reduce_nll(nll.reshape(targets.shape), reduction)  # (N,) -> (...)
+        nll = fused_single_nll(hidden, self.decoder.weight, self.decoder.bias, targets, "sigsoftmax")  # (...)
+        return reduce_nll(nll, reduction)
