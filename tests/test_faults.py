@@ -449,7 +449,8 @@ TRANSFORMER = ROOT / "configs" / "ptb-lite-transformer.yaml"
 def test_resume_inside_averaged_sgd_and_adamw_is_bit_identical(reference, tmp_path, monkeypatch, case):
     """Interrupted after the switch to averaged SGD (its average in the checkpoint), or during AdamW's warm-up."""
     if case == "averaged_sgd":
-        path, extra = LSTM, {"train.epochs": 4, "train.nonmono": 1, "train.lr": 100}  # valid loss 4.6 -> 10.1: switch after epoch 2
+        # lr 100: the validation loss goes 4.6 -> 10.1 from epoch 1 to 2, so averaging starts after epoch 2
+        path, extra = LSTM, {"train.epochs": 4, "train.nonmono": 1, "train.lr": 100}
 
         def stop_here(checkpoint):
             return checkpoint["trainer"]["averaging"] and checkpoint["trainer"]["n_averaged"] > 1
