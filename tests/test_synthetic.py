@@ -1,5 +1,5 @@
 """Ground-truth languages: the chosen rank, the sampled text, the corpus layout, the KL from the truth,
-and the bottleneck itself: a softmax head stalls at a KL floor that a mixture goes below."""
+and the bottleneck itself: a softmax head stalls at a KL floor that a mixture and sigsoftmax go below."""
 
 from __future__ import annotations
 
@@ -220,7 +220,40 @@ def test_softmax_stalls_at_a_kl_floor_that_a_mixture_goes_below(high_rank_langua
     assert rank_report(mos_matrix)["rank"]["nr"] > d + 2
 
 
-def test_sigsoftmax_is_not_bound_by_the_rank(high_rank_language):
-    d = 4
-    _, matrix = fit_exact_distributions(high_rank_language, "sigsoftmax", d, steps=150)
+def converged_kl(language, head_name: str, d: int, seed: int, iterations: int = 500) -> tuple[float, np.ndarray]:
+    """Float64 L-BFGS (strong Wolfe) on the exact conditionals to convergence: the final mean KL and the
+    log-prob matrix ``(V, V)``. Unlike a fixed budget of Adam steps, this finds the floor itself."""
+    torch.manual_seed(seed)
+    vocab_size = language.vocab_size
+    body = nn.Embedding(vocab_size, d).double()
+    head = HEADS[head_name](d, vocab_size).double()
+    true_log_probs = torch.from_numpy(language.log_probs)
+    true_probs = true_log_probs.exp()
+    optimizer = torch.optim.LBFGS([*body.parameters(), *head.parameters()], max_iter=iterations, history_size=50,
+                                  line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-14)
+
+    def mean_kl():
+        return (true_probs * (true_log_probs - head(body.weight))).sum(dim=1).mean()
+
+    def closure():
+        optimizer.zero_grad()
+        kl = mean_kl()
+        kl.backward()
+        return kl
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return mean_kl().item(), head(body.weight).numpy()
+
+
+def test_sigsoftmax_goes_below_the_softmax_floor_and_past_its_rank():
+    """Sigsoftmax contains softmax (shift every logit far up) and its ``z + logsigmoid(z)`` is not affine in
+    the hidden state, so at convergence it must do at least as well; on this language (V = 64, r = 32, d = 6)
+    it does better by about 0.6% of the KL: a real but small gain, far from a mixture's."""
+    language = make_language(64, 32, seed=0, temperature=1.0)
+    d = 6
+    floors = [converged_kl(language, "softmax", d, seed)[0] for seed in (0, 1)]
+    assert floors[1] == pytest.approx(floors[0], rel=1e-4)  # two restarts, one floor: the optimum itself
+    sigsoftmax_kl, matrix = converged_kl(language, "sigsoftmax", d, seed=0)
+    assert sigsoftmax_kl < 0.997 * min(floors)
     assert rank_report(matrix)["rank"]["nr"] > d + 2
