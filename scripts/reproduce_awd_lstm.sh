@@ -17,8 +17,4 @@
 # numbers "w/o finetune". A killed run resumes from its checkpoint when the script runs again; finished runs
 # and finished rank reports are skipped.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-sets=()
-for item in "$@"; do sets+=(--set "$item"); done
-exec "${PYTHON:-python}" -m lm.cli suite "$ROOT/configs/suites/paper-awd-lstm.yaml" --output-dir "${OUTPUT_DIR:-runs/paper-awd-lstm}" \
-  --set "run.device=${DEVICE:-cuda}" ${sets[@]+"${sets[@]}"}
+exec "$(dirname "${BASH_SOURCE[0]}")/paper_suite.sh" paper-awd-lstm "$@"

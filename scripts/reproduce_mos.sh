@@ -19,8 +19,4 @@
 # Compare with the papers' numbers "w/o finetune". A killed run resumes from its checkpoint when the script runs again; finished runs
 # and finished rank reports are skipped.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-sets=()
-for item in "$@"; do sets+=(--set "$item"); done
-exec "${PYTHON:-python}" -m lm.cli suite "$ROOT/configs/suites/paper-mos.yaml" --output-dir "${OUTPUT_DIR:-runs/paper-mos}" \
-  --set "run.device=${DEVICE:-cuda}" ${sets[@]+"${sets[@]}"}
+exec "$(dirname "${BASH_SOURCE[0]}")/paper_suite.sh" paper-mos "$@"
