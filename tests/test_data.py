@@ -297,3 +297,43 @@ def test_download_refuses_a_foreign_non_empty_cache_folder(tmp_path, monkeypatch
     write_corpus(tmp_path / "mine")
     with pytest.raises(UserError, match="not empty"):
         load_corpus(name="ptb", cache_dir=str(tmp_path / "mine"))
+
+
+def test_corpus_record_has_token_counts_and_checksums_of_each_split(tmp_path):
+    import hashlib
+
+    folder = write_corpus(tmp_path / "c", layout="ptb")
+    record = load_corpus(str(folder)).record()
+    assert record["source"] == str(folder.resolve()) and record["vocab_size"] == 10  # the cat sat <eos> on mat dog a bird flew
+    # Hand counts: train "the cat sat / (blank) / on the mat" = 3 + 1 + 1 + 3 + 1 words and <eos>.
+    assert {s: record["splits"][s]["tokens"] for s in ("train", "valid", "test")} == {"train": 9, "valid": 4, "test": 5}
+    for split, name in zip(("train", "valid", "test"), LAYOUTS["ptb"]):
+        raw = (folder / name).read_bytes()
+        assert record["splits"][split] == {"file": name, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
+                                           "tokens": record["splits"][split]["tokens"]}
+
+
+def test_a_config_naming_a_corpus_without_network_fails_with_one_sentence_naming_data_path(tmp_path, capsys):
+    """Offline (HF_HUB_OFFLINE, an empty cache), ``data.name`` ends with one sentence saying to set data.path."""
+    import os
+
+    from lm.cli import main
+
+    environment = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    saved = {key: os.environ.get(key) for key in environment}
+    os.environ.update(environment)
+    try:
+        hub_constants = __import__("huggingface_hub").constants
+        old_flags = (hub_constants.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE)
+        hub_constants.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+        status = main(["train", str(Path(__file__).parent.parent / "configs" / "ptb-lite-lstm.yaml"),
+                       "data.path=null", "data.name=wikitext-2", f"data.cache_dir={tmp_path / 'cache'}",
+                       f"run.output_dir={tmp_path / 'runs'}", "--no-progress"])
+    finally:
+        hub_constants.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE = old_flags
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    err = capsys.readouterr().err
+    assert status == 2 and err.strip().count("\n") == 0, err
+    assert err.startswith("softmax-bench: error: downloading the corpus 'wikitext-2'") and "data.path" in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("last.pt"))

@@ -16,7 +16,8 @@ Accepted folder layouts (detected in this order):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class Corpus:
     valid: torch.Tensor  # (n_valid,) long
     test: torch.Tensor  # (n_test,) long
     source: str  # the folder the text was read from
+    files: dict[str, dict] = field(default_factory=dict)  # split -> {"file", "bytes", "sha256"} of the text read
 
     def split(self, name: str) -> torch.Tensor:
         """The split called ``train``, ``valid`` (or ``validation``) or ``test``."""
@@ -53,6 +55,12 @@ class Corpus:
         if name not in SPLITS:
             raise UserError(f"unknown split {name!r}; the splits are train, valid and test.")
         return getattr(self, name)
+
+    def record(self) -> dict:
+        """What a result file records of the corpus: its folder, and per split the file, its size and
+        SHA-256, and the number of tokens (the AWD-LSTM count: words plus one ``<eos>`` per line)."""
+        splits = {name: {**self.files.get(name, {}), "tokens": int(self.split(name).numel())} for name in SPLITS}
+        return {"source": self.source, "vocab_size": len(self.vocab), "splits": splits}
 
 
 def find_split_files(folder: Path) -> tuple[Path, Path, Path]:
@@ -126,4 +134,8 @@ def load_corpus(
     else:
         vocab = train_sentencepiece(lines[0], sp_vocab_size, source=str(files[0]))
         ids = [encode_lines(vocab, split_lines) for split_lines in lines]
-    return Corpus(vocab, *ids, source=str(folder.resolve()))
+    files_info = {
+        split: {"file": file.name, "bytes": file.stat().st_size, "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
+        for split, file in zip(SPLITS, files)
+    }
+    return Corpus(vocab, *ids, source=str(folder.resolve()), files=files_info)
