@@ -94,6 +94,8 @@ class TrainConfig:
     rollback_lr_factor: float = 0.5  # rollback: multiply the learning rate by this after each rollback
     checkpoint_every: int = 200  # optimizer steps between resumable checkpoints (0: only at epoch ends)
     log_every: int = 50  # optimizer steps between metric lines
+    eval_every: int = 0  # optimizer steps between evaluations on a fixed validation subset (0: off)
+    eval_subset_tokens: int = 10000  # the first N tokens of the validation split used for them
 
 
 @dataclass
@@ -303,6 +305,8 @@ def validate(config: ExperimentConfig) -> None:
     _check(t.on_nonfinite in ("stop", "rollback"), f"train.on_nonfinite must be stop or rollback, not {_show(t.on_nonfinite)}.")
     _check(0.0 < t.rollback_lr_factor < 1.0, f"train.rollback_lr_factor must be in (0, 1), got {t.rollback_lr_factor}.")
     _check(t.checkpoint_every >= 0 and t.log_every >= 1, "train.checkpoint_every must be >= 0 and train.log_every >= 1.")
+    _check(t.eval_every >= 0, f"train.eval_every must not be negative, got {t.eval_every}.")
+    _check(t.eval_subset_tokens >= 2, f"train.eval_subset_tokens must be at least 2, got {t.eval_subset_tokens}.")
     _check(0 <= t.seed < _LARGEST_INT, f"train.seed must be in [0, 2**63), got {t.seed}.")
     _check(
         r.name is None or (r.name not in (".", "..") and not any(c in r.name for c in "/\\")),

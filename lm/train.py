@@ -1,18 +1,28 @@
 """Training: the AWD-LSTM recipe (SGD switching to averaged SGD) and an AdamW recipe, with exact resume.
 
-One run lives in one folder::
+One run lives in one folder (owned by :class:`RunFolder`)::
 
     RUN_DIR/config.yaml      the resolved config
-    RUN_DIR/metrics.jsonl    one JSON line per log step and per validation
+    RUN_DIR/metrics.jsonl    one JSON line per log step, per validation and per subset evaluation
     RUN_DIR/last.pt          resumable state (and last.pt.prev, the one before it)
     RUN_DIR/best.pt          weights with the best validation loss
     RUN_DIR/result.json      written once, at the end
+
+The loop (:meth:`Trainer.train_to_end`) reads top to bottom: epochs of optimizer steps on BPTT windows,
+a metrics line every ``log_every`` steps, an evaluation on a fixed validation subset every ``eval_every``
+steps, a checkpoint every ``checkpoint_every`` steps, and a validation, best checkpoint and epoch-end
+checkpoint after each epoch. Everything that must survive a kill is in one typed :class:`TrainState`.
 
 AWD-LSTM recipe (Merity et al. 2017): SGD with gradient-norm clipping and weight decay; the learning
 rate of a step is scaled by ``window length / bptt``; when validation loss is worse than the best of all
 but the last ``nonmono`` evaluations, switch to averaged SGD (iterate averaging from that step on, with
 the averaged weights used for evaluation and the best checkpoint). AdamW recipe: linear warm-up, then
 cosine decay to zero over the run.
+
+The average is kept explicitly (``avg += (w - avg) / n`` per parameter) rather than with
+``torch.optim.swa_utils.AveragedModel``: that class updates with ``lerp`` and a tensor step count, whose
+rounding differs from this formula, so runs finished before would not be reproducible bit for bit; it
+would also hold a second deep copy of the model where the average needs only the parameters.
 
 Exact resume: the checkpoint holds the model, optimizer, average, every generator (torch, numpy,
 python, CUDA, the BPTT-length sampler), the position within the epoch, the carried hidden state and the
@@ -30,12 +40,15 @@ learning rate by ``train.rollback_lr_factor`` and goes on, at most :data:`MAX_RO
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import random
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -76,6 +89,45 @@ class _NonFinite(Exception):
     """Internal: a non-finite value was found; the trainer stops or rolls back."""
 
 
+# --- the state that survives a kill ----------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """Where a run is. Stored in checkpoints as the plain dict :meth:`as_dict` (the ``trainer`` entry)."""
+
+    epoch: int = 1  # current epoch (1-based)
+    position: int = 0  # column position within the epoch
+    step: int = 0  # optimizer steps done
+    tokens: int = 0  # training tokens processed
+    train_time: float = 0.0  # seconds spent in training steps
+    wall_time: float = 0.0  # seconds of the run, all sessions, up to the last checkpoint
+    val_history: list[float] = field(default_factory=list)  # validation loss after each epoch
+    best_val: float | None = None  # best validation loss
+    averaging: bool = False  # switched to averaged SGD
+    n_averaged: int = 0  # steps in the average
+    epoch_loss: float = 0.0  # sum of token-mean losses this epoch (for logs)
+    epoch_windows: int = 0  # windows trained this epoch
+    lr_scale: float = 1.0  # learning-rate factor, rollback_lr_factor ** rollbacks
+    rollbacks: int = 0  # rollbacks after non-finite values (train.on_nonfinite=rollback)
+    metrics_bytes: int | None = None  # length of metrics.jsonl at the checkpoint (None: unknown, keep all)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: Path) -> TrainState:
+        """The state saved in a checkpoint; fields it lacks (older checkpoints) keep their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names) if isinstance(values, dict) else ["(not a mapping)"]
+        if unknown:
+            raise UserError(f"checkpoint {source} holds a training state this version does not know ({unknown[0]}).")
+        return cls(**values)
+
+
+# --- small helpers ---------------------------------------------------------------------------------
+
+
 def _to_device(value, device: torch.device):
     """Tensors inside lists, tuples and dicts moved to ``device`` (checkpoints load on the CPU)."""
     if isinstance(value, torch.Tensor):
@@ -112,6 +164,20 @@ def run_dir_for(config: ExperimentConfig) -> Path:
     return Path(config.run.output_dir) / run_name(config)
 
 
+def _adamw_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _make_optimizer(model: torch.nn.Module, t) -> torch.optim.Optimizer:
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas))
+
+
 # --- generator states (stored as tensors and plain lists so checkpoints load with weights_only) ---
 
 
@@ -140,379 +206,479 @@ def _set_rng_state(state: dict, bptt_generator: torch.Generator) -> None:
             torch.cuda.set_rng_state(cuda_state, index)
 
 
-class Trainer:
-    """Trains one run folder; create it with a config, call :meth:`run`."""
+# --- averaged SGD ----------------------------------------------------------------------------------
 
-    def __init__(self, config: ExperimentConfig, progress: bool = False, say: Callable[[str], None] | None = None):
+
+def _start_average(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The average of one iterate: a copy of the parameters, by name."""
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@torch.no_grad()
+def _update_average(average: dict[str, torch.Tensor], model: torch.nn.Module, n_averaged: int) -> None:
+    """Fold the current parameters into the average of ``n_averaged - 1`` earlier iterates."""
+    for name, p in model.named_parameters():
+        average[name].add_(p.detach() - average[name], alpha=1.0 / n_averaged)
+
+
+@contextlib.contextmanager
+def averaged_weights(model: torch.nn.Module, average: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """Inside the block the model holds the averaged weights (if averaging has started); after it, its own."""
+    if average is None:
+        yield
+        return
+    backup = _start_average(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(average[name])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(backup[name])
+
+
+# --- the run folder --------------------------------------------------------------------------------
+
+
+class RunFolder:
+    """The files of one run: lock, config check, checkpoints (with the ``.prev`` fallback), metrics, result."""
+
+    def __init__(self, path: Path, config: ExperimentConfig, say: Callable[[str], None]):
+        self.path = path
         self.config = config
-        self.progress = progress
-        self.say = say or (lambda message: None)
-        self.run_dir = run_dir_for(config)
-        self.device = resolve_device(config.run.device)
+        self.say = say
+        self.last = path / "last.pt"
+        self.best = path / "best.pt"
+        self.metrics = path / "metrics.jsonl"
+        self.result = path / "result.json"
+        self.keep_previous = True  # False once after falling back to last.pt.prev: never rotate a bad file over it
 
-    # --- set-up ---------------------------------------------------------------------------------
+    # set-up and refusal
 
-    def _check_run_folder(self) -> dict | None:
+    def finished_result(self) -> dict | None:
         """Refuse a folder that holds another run; return the finished result if there is one."""
-        saved = self.run_dir / "config.yaml"
-        if saved.exists():
-            from lm.config import load_config
-
-            try:
-                previous = load_config(saved)
-            except UserError:
-                raise UserError(f"run folder {self.run_dir} has an unreadable config.yaml; choose another run.name.") from None
-            if to_dict(previous) != to_dict(self.config):
-                changed = [
-                    f"{section}.{key}"
-                    for section, values in to_dict(self.config).items()
-                    for key, value in values.items()
-                    if to_dict(previous)[section].get(key) != value
-                ]
-                raise UserError(
-                    f"run folder {self.run_dir} holds a run with a different config ({', '.join(changed)} differ); "
-                    "set run.name or run.output_dir to start a new run."
-                )
-        result_path = self.run_dir / "result.json"
-        if result_path.exists():
-            import json
-
-            try:
-                result = json.loads(result_path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise UserError(f"{result_path} is damaged; delete it to finish the run again from its checkpoint.") from None
-            if not isinstance(result, dict) or not isinstance(result.get("test_ppl", 0), (int, float)):
-                raise UserError(f"{result_path} is not a result file; delete it to finish the run again from its checkpoint.")
-            if result.get("schema_version") != RESULT_SCHEMA_VERSION:
-                raise UserError(
-                    f"{result_path} has result schema version {result.get('schema_version')}, this version writes "
-                    f"{RESULT_SCHEMA_VERSION}; use another run.output_dir."
-                )
-            return result
-        return None
-
-    def _check_writable(self) -> None:
+        self._check_config()
+        if not self.result.exists():
+            return None
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / ".write-test"
+            result = json.loads(self.result.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{self.result} is damaged; delete it to finish the run again from its checkpoint.") from None
+        if not isinstance(result, dict) or not isinstance(result.get("test_ppl", 0), (int, float)):
+            raise UserError(f"{self.result} is not a result file; delete it to finish the run again from its checkpoint.")
+        if result.get("schema_version") != RESULT_SCHEMA_VERSION:
+            raise UserError(
+                f"{self.result} has result schema version {result.get('schema_version')}, this version writes "
+                f"{RESULT_SCHEMA_VERSION}; use another run.output_dir."
+            )
+        return result
+
+    def _check_config(self) -> None:
+        saved = self.path / "config.yaml"
+        if not saved.exists():
+            return
+        from lm.config import load_config
+
+        try:
+            previous = to_dict(load_config(saved))
+        except UserError:
+            raise UserError(f"run folder {self.path} has an unreadable config.yaml; choose another run.name.") from None
+        current = to_dict(self.config)
+        if previous != current:
+            changed = [f"{section}.{key}" for section, values in current.items() for key, value in values.items()
+                       if previous[section].get(key) != value]
+            raise UserError(
+                f"run folder {self.path} holds a run with a different config ({', '.join(changed)} differ); "
+                "set run.name or run.output_dir to start a new run."
+            )
+
+    def check_writable(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
             probe.write_bytes(b"x")
             probe.unlink()
         except OSError as error:
-            raise UserError(f"cannot write to run folder {self.run_dir} ({error.strerror or error}).") from None
+            raise UserError(f"cannot write to run folder {self.path} ({error.strerror or error}).") from None
 
-    def _check_disk(self, model) -> None:
+    def check_disk(self, model: torch.nn.Module) -> None:
         # last.pt + last.pt.prev + best.pt + a temporary copy, each about params + optimizer state.
         n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         needed = 4 * 3 * n_bytes + (1 << 20)
-        free = shutil.disk_usage(self.run_dir).free
+        free = shutil.disk_usage(self.path).free
         if free < needed:
             raise UserError(
-                f"only {free / 2**20:.0f} MiB free under {self.run_dir}, checkpoints need about {needed / 2**20:.0f} MiB."
+                f"only {free / 2**20:.0f} MiB free under {self.path}, checkpoints need about {needed / 2**20:.0f} MiB."
             )
 
-    # --- the run ----------------------------------------------------------------------------------
-
-    def run(self) -> dict:
-        finished = self._check_run_folder()
-        if finished is not None:
-            self._say_finished(finished)
-            return finished
-        config = self.config
-        corpus = load_corpus(
-            path=config.data.path,
-            name=config.data.name,
-            tokenizer=config.data.tokenizer,
-            sp_vocab_size=config.data.sp_vocab_size,
-            cache_dir=config.data.cache_dir,
-        )
-        self._check_writable()
-        with run_lock(self.run_dir):
-            finished = self._check_run_folder()  # another process may have finished it meanwhile
-            if finished is not None:
-                self._say_finished(finished)
-                return finished
-            remove_temporaries(self.run_dir, RUN_FILES)  # left by writers that were killed
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's lock; storage errors inside become one sentence."""
+        with run_lock(self.path):
             try:
-                return self._train(corpus)
+                yield
             except OSError as error:
                 if error.errno not in STORAGE_ERRNOS:
                     raise
                 raise UserError(
-                    f"cannot write under {self.run_dir} ({storage_problem(error)}); the checkpoints already there are "
+                    f"cannot write under {self.path} ({storage_problem(error)}); the checkpoints already there are "
                     "intact, so fix this and run the same command to resume."
                 ) from None
 
-    def _say_finished(self, finished: dict) -> None:
-        self.say(f"run {self.run_dir} already finished (test ppl {finished.get('test_ppl', float('nan')):.2f}); nothing to do.")
+    def remove_temporaries(self) -> None:
+        remove_temporaries(self.path, RUN_FILES)  # left by writers that were killed
 
-    def _train(self, corpus) -> dict:
-        config, t = self.config, self.config.train
+    def begin(self) -> None:
+        """A fresh run: save its config, drop lines of a session killed before its first checkpoint."""
+        save_config(self.config, self.path / "config.yaml")
+        _truncate(self.metrics, 0)
+
+    # checkpoints
+
+    def has_checkpoint(self) -> bool:
+        return checkpoint_exists(self.last)
+
+    def load_last(self) -> tuple[dict, Path]:
+        """``last.pt``, or ``last.pt.prev`` when it is missing or damaged; and the file it came from."""
+        checkpoint, source, warning = load_latest(self.last, required=RESUME_KEYS)
+        if warning:
+            self.say(warning)
+            self.keep_previous = False
+        return checkpoint, source
+
+    def save_last(self, checkpoint: dict) -> None:
+        save_checkpoint(self.last, checkpoint, keep_previous=self.keep_previous)
+        self.keep_previous = True
+
+    def save_best(self, checkpoint: dict) -> None:
+        save_checkpoint(self.best, checkpoint, keep_previous=False)
+
+    def load_best(self) -> dict:
+        return load_checkpoint(self.best, required=("model", "epoch"))
+
+    # metrics and result
+
+    def metrics_size(self) -> int:
+        return self.metrics.stat().st_size if self.metrics.exists() else 0
+
+    def truncate_metrics(self, size: int | None) -> None:
+        _truncate(self.metrics, size)
+
+    def log(self, record: dict) -> None:
+        io.append_jsonl(self.metrics, record)
+
+    def write_result(self, result: dict) -> None:
+        io.atomic_write_json(self.result, result)
+
+
+# --- the trainer -----------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Trains one run folder; create it with a config, call :meth:`run`.
+
+    While training it holds: ``model``, ``optimizer``, ``train_data`` ``(B, L)``, ``valid_subset`` (the
+    first ``eval_subset_tokens`` validation tokens), ``bptt_generator`` (window lengths), ``state``
+    (:class:`TrainState`), ``average`` (averaged-SGD weights by name, or None), ``hidden`` (the state
+    carried across windows), ``total_steps`` and ``session_mark`` (when wall time was last added).
+    """
+
+    def __init__(self, config: ExperimentConfig, progress: bool = False, say: Callable[[str], None] | None = None):
+        self.config = config
+        self.t = config.train
+        self.progress = progress
+        self.say = say or (lambda message: None)
+        self.run_dir = run_dir_for(config)
+        self.folder = RunFolder(self.run_dir, config, self.say)
+        self.device = resolve_device(config.run.device)
+        self.bar = None
+
+    def run(self) -> dict:
+        finished = self.folder.finished_result()
+        if finished is None:
+            d = self.config.data
+            corpus = load_corpus(path=d.path, name=d.name, tokenizer=d.tokenizer, sp_vocab_size=d.sp_vocab_size,
+                                 cache_dir=d.cache_dir)
+            self.folder.check_writable()
+            with self.folder.locked():
+                finished = self.folder.finished_result()  # another process may have finished it meanwhile
+                if finished is None:
+                    self.folder.remove_temporaries()
+                    return self.train(corpus)
+        self.say(f"run {self.run_dir} already finished (test ppl {finished.get('test_ppl', float('nan')):.2f}); nothing to do.")
+        return finished
+
+    def train(self, corpus) -> dict:
+        """Set up, resume or start, train to the end (rolling back on non-finite values if asked), finish."""
+        self.corpus = corpus
+        self.build()
+        if self.folder.has_checkpoint():
+            source = self.load_last()
+            self.say(f"resuming {self.run_dir} at epoch {self.state.epoch}, step {self.state.step} (from {source.name})")
+        else:
+            self.folder.begin()
+            self.state.metrics_bytes = 0
+        self.session_mark = time.perf_counter()
+        self.open_progress_bar()
+        if self.t.on_nonfinite == "rollback" and not self.folder.has_checkpoint():
+            self.save_last()  # a good state to go back to even if the first steps fail
+        while True:
+            try:
+                self.train_to_end()
+                break
+            except _NonFinite as event:
+                self.roll_back(str(event))
+        if self.bar is not None:
+            self.bar.close()
+        return self.finish()
+
+    def build(self) -> None:
+        """Model, data, optimizer and generators, seeded (in this order) as every run always was."""
+        t, corpus = self.t, self.corpus
         seed_everything(t.seed)
-        model = build_model(config, len(corpus.vocab)).to(self.device)
-        self._check_disk(model)
-        train_data = batchify(corpus.train, t.batch_size).to(self.device)  # (B, L)
-        if t.bptt >= train_data.size(1):
+        self.model = build_model(self.config, len(corpus.vocab)).to(self.device)
+        self.folder.check_disk(self.model)
+        self.train_data = batchify(corpus.train, t.batch_size).to(self.device)  # (B, L)
+        if t.bptt >= self.train_data.size(1):
             raise UserError(
-                f"train.bptt={t.bptt} is longer than the training data per column ({train_data.size(1)} tokens "
+                f"train.bptt={t.bptt} is longer than the training data per column ({self.train_data.size(1)} tokens "
                 f"at batch size {t.batch_size}); lower train.bptt or train.batch_size."
             )
         for split, size in (("valid", t.eval_batch_size), ("test", t.test_batch_size)):
             batchify(corpus.split(split), size)  # fails early with one sentence when too short
+        self.valid_subset = corpus.valid[: t.eval_subset_tokens]
+        if t.eval_every:
+            batchify(self.valid_subset, t.eval_batch_size)
+        self.optimizer = _make_optimizer(self.model, t)
+        self.bptt_generator = torch.Generator().manual_seed(t.seed)
+        steps_per_epoch = max(1, math.ceil((self.train_data.size(1) - 1) / t.bptt))
+        self.total_steps = t.max_steps or t.epochs * steps_per_epoch
+        self.state = TrainState()
+        self.average: dict[str, torch.Tensor] | None = None
+        self.hidden = self.model.init_state(t.batch_size)
 
-        if t.optimizer == "sgd":
-            optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas))
-        bptt_generator = torch.Generator().manual_seed(t.seed)
-        steps_per_epoch = max(1, math.ceil((train_data.size(1) - 1) / t.bptt))
-        total_steps = t.max_steps or t.epochs * steps_per_epoch
-        on_nonfinite = getattr(t, "on_nonfinite", "stop")
-        rollback_lr_factor = getattr(t, "rollback_lr_factor", 0.5)
+    # --- the loop ---------------------------------------------------------------------------------
 
-        # Trainer state: everything that must survive a kill.
-        s = {
-            "epoch": 1,  # current epoch (1-based)
-            "position": 0,  # column position within the epoch
-            "step": 0,  # optimizer steps done
-            "tokens": 0,  # training tokens processed
-            "train_time": 0.0,  # seconds spent in training steps
-            "wall_time": 0.0,  # seconds of the run, all sessions, up to the last checkpoint
-            "val_history": [],  # validation loss after each epoch
-            "best_val": None,  # best validation loss
-            "averaging": False,  # switched to averaged SGD
-            "n_averaged": 0,  # steps in the average
-            "epoch_loss": 0.0,  # sum of token-mean losses this epoch (for logs)
-            "epoch_windows": 0,
-            "lr_scale": 1.0,  # learning-rate factor, rollback_lr_factor ** rollbacks
-            "rollbacks": 0,  # rollbacks after non-finite values (train.on_nonfinite=rollback)
-            "metrics_bytes": None,  # length of metrics.jsonl at the checkpoint (None: unknown, keep all)
-        }
-        average: dict[str, torch.Tensor] | None = None
-        hidden = model.init_state(t.batch_size)
-        last_path = self.run_dir / "last.pt"
-        metrics_path = self.run_dir / "metrics.jsonl"
-        keep_previous = True  # False once after falling back to last.pt.prev: never rotate a bad file over it
+    def train_to_end(self) -> None:
+        """Train from ``self.state`` to the end of the run; raises :class:`_NonFinite`."""
+        t = self.t
+        done = self.state.step >= self.total_steps
+        while not done and self.state.epoch <= t.epochs:
+            self.model.train()
+            while self.state.position < self.train_data.size(1) - 1:
+                loss = self.step()
+                self.update_progress_bar(loss)
+                if self.state.step % t.log_every == 0:
+                    self.log_step(loss)
+                if t.eval_every and self.state.step % t.eval_every == 0:
+                    self.evaluate_subset()
+                if self.state.step >= self.total_steps:
+                    done = True
+                    break
+                if t.checkpoint_every and self.state.step % t.checkpoint_every == 0:
+                    self.save_last()
+            self.validate()
+            if not done:
+                self.start_next_epoch()
+                self.save_last()
+        self.save_last()
 
-        def restore(checkpoint: dict, source: Path) -> None:
-            nonlocal average, hidden
-            self._check_vocab(checkpoint, corpus, source)
-            load_state(model, checkpoint["model"], source)
-            try:
-                optimizer.load_state_dict(checkpoint["optimizer"])
-            except (ValueError, KeyError, RuntimeError, TypeError) as error:
-                raise UserError(f"checkpoint {source} holds another optimizer's state ({error}).") from None
-            s.update(checkpoint["trainer"])
-            average = _to_device(checkpoint["average"], self.device)
-            hidden = _to_device(checkpoint["hidden"], self.device)
-            _set_rng_state(checkpoint["rng"], bptt_generator)
-            _truncate(metrics_path, s["metrics_bytes"])
+    def step(self) -> float:
+        """One optimizer step on the next window; returns its mean training NLL per token."""
+        t, state = self.t, self.state
+        length = sample_window_length(t.bptt, t.variable_bptt, t.max_seq_len_delta, self.bptt_generator)
+        inputs, targets = window(self.train_data, state.position, length)  # (B, T)
+        length = inputs.size(1)
+        scale = length / t.bptt if t.optimizer == "sgd" else _adamw_factor(state.step, t.warmup_steps, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = t.lr * scale * state.lr_scale
+        started = time.perf_counter()
+        self.hidden = detach_state(self.hidden)
+        nll, self.hidden, penalty = self.model.loss(inputs, targets, self.hidden)  # (B, T), state, scalar
+        raw_loss = nll.mean()
+        loss = raw_loss + penalty
+        if not torch.isfinite(loss):
+            raise _NonFinite(f"the training loss became {loss.item()} at step {state.step + 1} (epoch {state.epoch})")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip if t.clip > 0 else float("inf"))
+        if not torch.isfinite(norm):
+            raise _NonFinite(f"the gradient became non-finite at step {state.step + 1} (epoch {state.epoch})")
+        self.optimizer.step()
+        if self.average is not None:
+            state.n_averaged += 1
+            _update_average(self.average, self.model, state.n_averaged)
+        state.train_time += time.perf_counter() - started
+        state.position += length
+        state.step += 1
+        state.tokens += targets.numel()
+        state.epoch_loss += raw_loss.item()
+        state.epoch_windows += 1
+        return raw_loss.item()
 
-        def load_last() -> Path:
-            nonlocal keep_previous
-            checkpoint, source, warning = load_latest(last_path, required=RESUME_KEYS)
-            if warning:
-                self.say(warning)
-                keep_previous = False
-            restore(checkpoint, source)
-            return source
+    def start_next_epoch(self) -> None:
+        state = self.state
+        state.epoch += 1
+        state.position = 0
+        state.epoch_loss, state.epoch_windows = 0.0, 0
+        self.hidden = self.model.init_state(self.t.batch_size)
 
-        if checkpoint_exists(last_path):
-            source = load_last()
-            self.say(f"resuming {self.run_dir} at epoch {s['epoch']}, step {s['step']} (from {source.name})")
-        else:
-            save_config(config, self.run_dir / "config.yaml")
-            s["metrics_bytes"] = 0
-            _truncate(metrics_path, 0)  # lines of a session killed before its first checkpoint
+    # --- evaluation during training -----------------------------------------------------------
 
-        session_mark = time.perf_counter()
+    def validate(self) -> None:
+        """End of an epoch: validation loss, best checkpoint, the switch to averaged SGD, a metrics line."""
+        t, state = self.t, self.state
+        with averaged_weights(self.model, self.average):
+            if not _all_finite(self.model.parameters()):
+                raise _NonFinite(f"the weights became non-finite by step {state.step} (epoch {state.epoch})")
+            val = evaluate(self.model, self.corpus.valid, t.eval_batch_size, t.eval_bptt or t.bptt)
+            if state.best_val is None or val["loss"] < state.best_val:
+                state.best_val = val["loss"]
+                self.folder.save_best({
+                    "model": self.model.state_dict(), "vocab": self.corpus.vocab.state_dict(),
+                    "config": to_dict(self.config), "epoch": state.epoch, "step": state.step, "val_loss": val["loss"]})
+        self.maybe_start_averaging(val["loss"])
+        state.val_history.append(val["loss"])
+        record = {"event": "valid", "epoch": state.epoch, "step": state.step, **self.progress_fields(),
+                  "val_loss": val["loss"], "val_ppl": val["ppl"], "averaging": state.averaging}
+        record.update({k: val[k] for k in ("zero_fraction", "zero_target_fraction") if k in val})
+        self.folder.log(record)
+        self.say(f"epoch {state.epoch:3d} | step {state.step} | valid ppl {val['ppl']:.2f}")
 
-        def save_last() -> None:
-            nonlocal session_mark, keep_previous
-            if not _all_finite([*model.parameters(), *(average or {}).values()]):
-                raise _NonFinite(f"the weights became non-finite by step {s['step']} (epoch {s['epoch']})")
-            now = time.perf_counter()
-            s["wall_time"] += now - session_mark
-            session_mark = now
-            s["metrics_bytes"] = metrics_path.stat().st_size if metrics_path.exists() else 0
-            save_checkpoint(
-                last_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "trainer": dict(s),
-                    "average": average,
-                    "hidden": hidden,
-                    "rng": _rng_state(bptt_generator),
-                    "vocab": corpus.vocab.state_dict(),
-                    "config": to_dict(config),
-                },
-                keep_previous=keep_previous,
-            )
-            keep_previous = True
+    def maybe_start_averaging(self, val_loss: float) -> None:
+        """AWD-LSTM's non-monotone trigger: worse than the best of all but the last ``nonmono`` validations."""
+        t, state = self.t, self.state
+        history = state.val_history
+        if (
+            t.optimizer == "sgd"
+            and t.averaged_sgd
+            and not state.averaging
+            and len(history) > t.nonmono
+            and val_loss > min(history[: -t.nonmono])
+        ):
+            state.averaging = True
+            self.average = _start_average(self.model)
+            state.n_averaged = 1
+            self.say(f"switching to averaged SGD at epoch {state.epoch}")
 
-        @contextlib.contextmanager
-        def averaged_weights():
-            """Evaluate and save with the averaged weights once averaging has started."""
-            if average is None:
-                yield
-                return
-            backup = {name: p.detach().clone() for name, p in model.named_parameters()}
-            with torch.no_grad():
-                for name, p in model.named_parameters():
-                    p.copy_(average[name])
-            try:
-                yield
-            finally:
-                with torch.no_grad():
-                    for name, p in model.named_parameters():
-                        p.copy_(backup[name])
+    def evaluate_subset(self) -> None:
+        """Loss on the fixed validation subset; the training trajectory (weights, hidden state, every
+        generator) is left exactly as it was."""
+        t, state = self.t, self.state
+        generators = _rng_state(self.bptt_generator)
+        with averaged_weights(self.model, self.average):
+            val = evaluate(self.model, self.valid_subset, t.eval_batch_size, t.eval_bptt or t.bptt)
+        _set_rng_state(generators, self.bptt_generator)
+        self.folder.log({"event": "valid_subset", "epoch": state.epoch, "step": state.step, **self.progress_fields(),
+                         "val_loss": val["loss"], "val_ppl": val["ppl"], "subset_tokens": self.valid_subset.numel()})
 
-        def validate_and_checkpoint() -> None:
-            nonlocal average
-            with averaged_weights():
-                if not _all_finite(model.parameters()):
-                    raise _NonFinite(f"the weights became non-finite by step {s['step']} (epoch {s['epoch']})")
-                val = evaluate(model, corpus.valid, t.eval_batch_size, t.eval_bptt or t.bptt)
-                if s["best_val"] is None or val["loss"] < s["best_val"]:
-                    s["best_val"] = val["loss"]
-                    save_checkpoint(
-                        self.run_dir / "best.pt",
-                        {"model": model.state_dict(), "vocab": corpus.vocab.state_dict(), "config": to_dict(config),
-                         "epoch": s["epoch"], "step": s["step"], "val_loss": val["loss"]},
-                        keep_previous=False,
-                    )
-            history = s["val_history"]
-            if (
-                t.optimizer == "sgd"
-                and t.averaged_sgd
-                and not s["averaging"]
-                and len(history) > t.nonmono
-                and val["loss"] > min(history[: -t.nonmono])
-            ):
-                s["averaging"] = True
-                average = {name: p.detach().clone() for name, p in model.named_parameters()}
-                s["n_averaged"] = 1
-                self.say(f"switching to averaged SGD at epoch {s['epoch']}")
-            history.append(val["loss"])
-            record = {"event": "valid", "epoch": s["epoch"], "step": s["step"], "val_loss": val["loss"],
-                      "val_ppl": val["ppl"], "averaging": s["averaging"]}
-            record.update({k: val[k] for k in ("zero_fraction", "zero_target_fraction") if k in val})
-            io.append_jsonl(metrics_path, record)
-            self.say(f"epoch {s['epoch']:3d} | step {s['step']} | valid ppl {val['ppl']:.2f}")
+    def progress_fields(self) -> dict:
+        """Training tokens so far, seconds in training steps, wall-clock seconds of the run (all sessions)."""
+        wall = self.state.wall_time + (time.perf_counter() - self.session_mark)
+        return {"tokens": self.state.tokens, "train_time_s": self.state.train_time, "wall_time_s": wall}
 
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
+    # --- checkpoints, resume, rollback ------------------------------------------------------------
 
-            bar = tqdm(total=total_steps, initial=s["step"], unit="step", dynamic_ncols=True, leave=False)
+    def save_last(self) -> None:
+        state = self.state
+        if not _all_finite([*self.model.parameters(), *(self.average or {}).values()]):
+            raise _NonFinite(f"the weights became non-finite by step {state.step} (epoch {state.epoch})")
+        now = time.perf_counter()
+        state.wall_time += now - self.session_mark
+        self.session_mark = now
+        state.metrics_bytes = self.folder.metrics_size()
+        self.folder.save_last({
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "trainer": state.as_dict(),
+            "average": self.average,
+            "hidden": self.hidden,
+            "rng": _rng_state(self.bptt_generator),
+            "vocab": self.corpus.vocab.state_dict(),
+            "config": to_dict(self.config),
+        })
 
-        def train_loop() -> None:
-            """Train from the state in ``s`` to the end of the run; raises :class:`_NonFinite`."""
-            nonlocal hidden
-            done = s["step"] >= total_steps
-            while not done and s["epoch"] <= t.epochs:
-                model.train()
-                while s["position"] < train_data.size(1) - 1:
-                    length = sample_window_length(t.bptt, t.variable_bptt, t.max_seq_len_delta, bptt_generator)
-                    inputs, targets = window(train_data, s["position"], length)  # (B, T)
-                    length = inputs.size(1)
-                    scale = length / t.bptt if t.optimizer == "sgd" else _adamw_factor(s["step"], t.warmup_steps, total_steps)
-                    for group in optimizer.param_groups:
-                        group["lr"] = t.lr * scale * s["lr_scale"]
-                    started = time.perf_counter()
-                    hidden = detach_state(hidden)
-                    nll, hidden, penalty = model.loss(inputs, targets, hidden)
-                    raw_loss = nll.mean()
-                    loss = raw_loss + penalty
-                    if not torch.isfinite(loss):
-                        raise _NonFinite(f"the training loss became {loss.item()} at step {s['step'] + 1} (epoch {s['epoch']})")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip if t.clip > 0 else float("inf"))
-                    if not torch.isfinite(norm):
-                        raise _NonFinite(f"the gradient became non-finite at step {s['step'] + 1} (epoch {s['epoch']})")
-                    optimizer.step()
-                    if average is not None:
-                        s["n_averaged"] += 1
-                        with torch.no_grad():
-                            for name, p in model.named_parameters():
-                                average[name].add_(p.detach() - average[name], alpha=1.0 / s["n_averaged"])
-                    s["train_time"] += time.perf_counter() - started
-                    s["position"] += length
-                    s["step"] += 1
-                    s["tokens"] += targets.numel()
-                    s["epoch_loss"] += raw_loss.item()
-                    s["epoch_windows"] += 1
-                    tokens_per_s = s["tokens"] / max(s["train_time"], 1e-9)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(epoch=s["epoch"], loss=f"{raw_loss.item():.3f}",
-                                        ppl=f"{math.exp(min(raw_loss.item(), 50)):.1f}", tok_s=f"{tokens_per_s:.0f}")
-                    if s["step"] % t.log_every == 0:
-                        io.append_jsonl(metrics_path, {
-                            "event": "train", "epoch": s["epoch"], "step": s["step"], "loss": raw_loss.item(),
-                            "ppl": math.exp(min(raw_loss.item(), 50)), "lr": optimizer.param_groups[0]["lr"],
-                            "tokens_per_second": tokens_per_s})
-                    if s["step"] >= total_steps:
-                        done = True
-                        break
-                    if t.checkpoint_every and s["step"] % t.checkpoint_every == 0:
-                        save_last()
-                validate_and_checkpoint()
-                if not done:
-                    s["epoch"] += 1
-                    s["position"] = 0
-                    s["epoch_loss"], s["epoch_windows"] = 0.0, 0
-                    hidden = model.init_state(t.batch_size)
-                    save_last()
-            save_last()
+    def load_last(self) -> Path:
+        """Restore everything from ``last.pt`` (or ``.prev``) and drop metric lines written after it."""
+        checkpoint, source = self.folder.load_last()
+        self.check_vocab(checkpoint, source)
+        load_state(self.model, checkpoint["model"], source)
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as error:
+            raise UserError(f"checkpoint {source} holds another optimizer's state ({error}).") from None
+        self.state = TrainState.from_dict(checkpoint["trainer"], source)
+        self.average = _to_device(checkpoint["average"], self.device)
+        self.hidden = _to_device(checkpoint["hidden"], self.device)
+        _set_rng_state(checkpoint["rng"], self.bptt_generator)
+        self.folder.truncate_metrics(self.state.metrics_bytes)
+        return source
 
-        if on_nonfinite == "rollback" and not checkpoint_exists(last_path):
-            save_last()  # a good state to go back to even if the first steps fail
-        while True:
-            try:
-                train_loop()
-                break
-            except _NonFinite as event:
-                where = str(event)
-                if on_nonfinite != "rollback":
-                    raise NonFiniteError(
-                        f"{where}; the run stopped and its last good checkpoint {last_path} is intact "
-                        "(lower train.lr in a new run.name, or set train.on_nonfinite=rollback)."
-                    ) from None
-                if s["rollbacks"] >= MAX_ROLLBACKS:
-                    raise NonFiniteError(
-                        f"{where} after {MAX_ROLLBACKS} rollbacks with a lower learning rate; the run stopped and its "
-                        f"last good checkpoint {last_path} is intact (lower train.lr in a new run.name)."
-                    ) from None
-                rollbacks, lr_scale = s["rollbacks"] + 1, s["lr_scale"] * rollback_lr_factor
-                source = load_last()
-                s["rollbacks"], s["lr_scale"] = rollbacks, lr_scale
-                io.append_jsonl(metrics_path, {"event": "rollback", "reason": where, "to_step": s["step"],
-                                               "epoch": s["epoch"], "rollbacks": rollbacks, "lr_scale": lr_scale})
-                self.say(f"{where}; rolled back to step {s['step']} ({source.name}) with the learning rate times {lr_scale:g}.")
-                if bar is not None:
-                    bar.n = s["step"]
-                    bar.refresh()
-        if bar is not None:
-            bar.close()
-        return self._finish(model, corpus, s)
-
-    def _check_vocab(self, checkpoint: dict, corpus, source: Path) -> None:
+    def check_vocab(self, checkpoint: dict, source: Path) -> None:
         from lm.data import Vocabulary
 
         saved = Vocabulary.from_state_dict(checkpoint["vocab"])
-        if saved.fingerprint() != corpus.vocab.fingerprint():
+        if saved.fingerprint() != self.corpus.vocab.fingerprint():
             raise UserError(
                 f"checkpoint {source} was trained with another vocabulary ({len(saved)} entries) than this corpus "
-                f"({len(corpus.vocab)} entries); point data.path at the corpus of the run."
+                f"({len(self.corpus.vocab)} entries); point data.path at the corpus of the run."
             )
 
-    def _finish(self, model, corpus, s: dict) -> dict:
-        t = self.config.train
-        best_path = self.run_dir / "best.pt"
-        best = load_checkpoint(best_path, required=("model", "epoch"))
-        load_state(model, best["model"], best_path)
+    def roll_back(self, where: str) -> None:
+        """Stop with one sentence, or (train.on_nonfinite=rollback) go back to the last checkpoint with a
+        lower learning rate."""
+        last = self.folder.last
+        if self.t.on_nonfinite != "rollback":
+            raise NonFiniteError(
+                f"{where}; the run stopped and its last good checkpoint {last} is intact "
+                "(lower train.lr in a new run.name, or set train.on_nonfinite=rollback)."
+            ) from None
+        if self.state.rollbacks >= MAX_ROLLBACKS:
+            raise NonFiniteError(
+                f"{where} after {MAX_ROLLBACKS} rollbacks with a lower learning rate; the run stopped and its "
+                f"last good checkpoint {last} is intact (lower train.lr in a new run.name)."
+            ) from None
+        rollbacks, lr_scale = self.state.rollbacks + 1, self.state.lr_scale * self.t.rollback_lr_factor
+        source = self.load_last()
+        self.state.rollbacks, self.state.lr_scale = rollbacks, lr_scale
+        self.folder.log({"event": "rollback", "reason": where, "to_step": self.state.step, "epoch": self.state.epoch,
+                         "rollbacks": rollbacks, "lr_scale": lr_scale})
+        self.say(f"{where}; rolled back to step {self.state.step} ({source.name}) with the learning rate times {lr_scale:g}.")
+        if self.bar is not None:
+            self.bar.n = self.state.step
+            self.bar.refresh()
+
+    # --- logging ------------------------------------------------------------------------------
+
+    def tokens_per_second(self) -> float:
+        return self.state.tokens / max(self.state.train_time, 1e-9)
+
+    def log_step(self, loss: float) -> None:
+        self.folder.log({"event": "train", "epoch": self.state.epoch, "step": self.state.step, "loss": loss,
+                         "ppl": math.exp(min(loss, 50)), "lr": self.optimizer.param_groups[0]["lr"],
+                         "tokens_per_second": self.tokens_per_second()})
+
+    def open_progress_bar(self) -> None:
+        if self.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step", dynamic_ncols=True, leave=False)
+
+    def update_progress_bar(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=self.state.epoch, loss=f"{loss:.3f}", ppl=f"{math.exp(min(loss, 50)):.1f}",
+                                 tok_s=f"{self.tokens_per_second():.0f}")
+
+    # --- the end ------------------------------------------------------------------------------
+
+    def finish(self) -> dict:
+        """Evaluate the best checkpoint on validation and test, write ``result.json``."""
+        t, state, model, corpus = self.t, self.state, self.model, self.corpus
+        best = self.folder.load_best()
+        load_state(model, best["model"], self.folder.best)
         val = evaluate(model, corpus.valid, t.eval_batch_size, t.eval_bptt or t.bptt)
         test = evaluate(model, corpus.test, t.test_batch_size, t.eval_bptt or t.bptt)
         result = {
@@ -532,30 +698,23 @@ class Trainer:
             "test_batch_size": t.test_batch_size,
             "eval_bptt": t.eval_bptt or t.bptt,
             "best_epoch": best["epoch"],
-            "epochs_completed": s["epoch"],
-            "steps": s["step"],
-            "training_tokens": s["tokens"],
-            "tokens_per_second": s["tokens"] / max(s["train_time"], 1e-9),
-            "train_time_s": s["train_time"],
-            "wall_time_s": s["wall_time"],
+            "epochs_completed": state.epoch,
+            "steps": state.step,
+            "training_tokens": state.tokens,
+            "tokens_per_second": self.tokens_per_second(),
+            "train_time_s": state.train_time,
+            "wall_time_s": state.wall_time,
             "n_params": model.n_params(),
             "head_input_size": model.body.d_output,
+            "output_embedding_size": model.head.decoder.weight.shape[1],  # d of the rank bound
             "vocab_size": len(corpus.vocab),
-            "averaged_sgd": s["averaging"],
+            "averaged_sgd": state.averaging,
             **{f"test_{k}": test[k] for k in ("smoothing", "zero_fraction", "zero_target_fraction") if k in test},
             **provenance(self.device),
             "config": to_dict(self.config),
         }
-        io.atomic_write_json(self.run_dir / "result.json", result)
+        self.folder.write_result(result)
         return result
-
-
-def _adamw_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train(config: ExperimentConfig, progress: bool = False, say: Callable[[str], None] | None = None) -> dict:
