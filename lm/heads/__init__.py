@@ -51,6 +51,7 @@ HEADS: dict[str, type[nn.Module]] = _load({
     "mos": "mos.MixtureOfSoftmaxesHead",
     "moss": "moss.MixtureOfSigsoftmaxesHead",
     "r_softmax": "r_softmax.RSoftmaxHead",
+    "moc": "moc.MixtureOfContextsHead",
 })
 
 BUILDER_ARGUMENTS = ("tied_embedding",)  # keyword arguments the model builder passes, not config options
