@@ -380,3 +380,15 @@ def test_rank_check_catches_a_head_that_declares_the_wrong_bound():
     assert "exceeds" in rank_contradiction(ClaimsBound(4, 40).double(), 4)
     assert "stays within" in rank_contradiction(ClaimsNoBound(4, 40).double(), 4)
 
+
+def test_mixture_of_contexts_stays_within_d_plus_2_where_mos_with_the_same_weights_exceeds_it():
+    """Yang et al. 2018, section 2.5: mixing the contexts before the softmax keeps the bottleneck."""
+    d, vocab_size = 4, 40
+    mos = make_head("mos", d_model=d, vocab_size=vocab_size, d_latent=d, n_components=5)
+    moc = HEADS["moc"](d, vocab_size, d_latent=d, n_components=5).double().eval()
+    moc.load_state_dict(mos.state_dict())  # the same prior, latents and decoder
+    g = hidden_states(80, d, scale=2.0)
+    with torch.no_grad():
+        rank_moc = np.linalg.matrix_rank(moc(g).numpy())
+        rank_mos = np.linalg.matrix_rank(mos(g).numpy())
+    assert rank_moc <= d + 2 < rank_mos
