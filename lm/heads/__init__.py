@@ -52,6 +52,7 @@ HEADS: dict[str, type[nn.Module]] = _load({
     "moss": "moss.MixtureOfSigsoftmaxesHead",
     "r_softmax": "r_softmax.RSoftmaxHead",
     "moc": "moc.MixtureOfContextsHead",
+    "gss": "gss.GeneralizedSigsoftmaxHead",
 })
 
 BUILDER_ARGUMENTS = ("tied_embedding",)  # keyword arguments the model builder passes, not config options
