@@ -392,3 +392,15 @@ def test_mixture_of_contexts_stays_within_d_plus_2_where_mos_with_the_same_weigh
         rank_moc = np.linalg.matrix_rank(moc(g).numpy())
         rank_mos = np.linalg.matrix_rank(mos(g).numpy())
     assert rank_moc <= d + 2 < rank_mos
+
+
+def test_generalized_sigsoftmax_is_sigsoftmax_at_k_2_c_0_and_softmax_at_k_1():
+    g = hidden_states(7, D_MODEL, scale=3.0)
+    sigsoftmax, softmax = make_head("sigsoftmax"), make_head("softmax")
+    for (k, c), reference in (((2.0, 0.0), sigsoftmax), ((1.0, 0.7), softmax)):
+        gss = HEADS["gss"](D_MODEL, VOCAB, k=k, c=c).double().eval()
+        gss.decoder.load_state_dict(reference.decoder.state_dict())
+        torch.testing.assert_close(gss(g), reference(g), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gss.loss(g, targets_for(g)), reference.loss(g, targets_for(g)))
+    with pytest.raises(UserError, match="k must be a positive"):
+        HEADS["gss"](D_MODEL, VOCAB, k=0.0)
