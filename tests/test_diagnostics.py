@@ -164,6 +164,9 @@ def test_softmax_bound_on_random_weights(head_name):
     """Heads of ``log_softmax(W x + b)``: rank <= d + 2 at every tolerance; the others are not bound by it."""
     d, vocab_size = 3, 24
     model = tiny_model(head_name, vocab_size=vocab_size, d=d)
+    with torch.no_grad():  # every head parameter random (a learned pointwise map starts as the identity)
+        for parameter in model.head.parameters():
+            parameter.normal_(0.0, 1.0)
     smoothing = model.head.smoothing
     report = rank_report(collect_log_probs(model, tokens_of(300, vocab_size)), smoothing=smoothing)
     bound = softmax_rank_bound(model.head)
