@@ -53,6 +53,7 @@ HEADS: dict[str, type[nn.Module]] = _load({
     "r_softmax": "r_softmax.RSoftmaxHead",
     "moc": "moc.MixtureOfContextsHead",
     "gss": "gss.GeneralizedSigsoftmaxHead",
+    "plif": "plif.PiecewiseLinearSoftmaxHead",
 })
 
 BUILDER_ARGUMENTS = ("tied_embedding",)  # keyword arguments the model builder passes, not config options
