@@ -19,6 +19,7 @@ from lm.heads import HEADS, MixtureHead, SigsoftmaxHead, SoftmaxHead, head_optio
 from lm.heads import functional as Fh
 from lm.heads import mixture_loss
 from lm.heads.mixture import locked_dropout
+from lm.heads.plif import _PiecewiseLinear
 
 torch.set_num_threads(1)
 
@@ -404,3 +405,27 @@ def test_generalized_sigsoftmax_is_sigsoftmax_at_k_2_c_0_and_softmax_at_k_1():
         torch.testing.assert_close(gss.loss(g, targets_for(g)), reference.loss(g, targets_for(g)))
     with pytest.raises(UserError, match="k must be a positive"):
         HEADS["gss"](D_MODEL, VOCAB, k=0.0)
+
+
+def test_plif_starts_as_softmax_stays_increasing_and_is_deterministic_for_a_seed():
+    g = hidden_states(4, 6, D_MODEL, scale=3.0)
+    plif, softmax = make_head("plif", n_pieces=7, range=2.0), make_head("softmax")
+    plif.decoder.load_state_dict(softmax.decoder.state_dict())
+    torch.testing.assert_close(plif(g), softmax(g), rtol=1e-6, atol=1e-6)  # f(z) = z + T (float32 theta)
+    with torch.no_grad():
+        plif.theta.normal_(generator=torch.Generator().manual_seed(5))
+        z = torch.linspace(-5.0, 5.0, 2001, dtype=torch.float64)
+        values = _PiecewiseLinear.apply(z, plif.slopes(), plif.half_range)  # f on a grid, (2001,)
+    assert (values.diff() > 0).all()  # strictly increasing, inside and outside [-T, T]
+
+    def one_run() -> list[torch.Tensor]:
+        torch.manual_seed(11)
+        head = HEADS["plif"](D_MODEL, VOCAB, n_pieces=9, range=3.0)
+        with torch.no_grad():
+            head.theta.normal_()
+        x = hidden_states(5, 8, D_MODEL, scale=4.0, dtype=torch.float32).requires_grad_()
+        head.loss(x, targets_for(x), reduction="mean").backward()
+        return [x.grad, *(p.grad for p in head.parameters())]
+
+    for first, second in zip(one_run(), one_run()):
+        assert torch.equal(first, second)
