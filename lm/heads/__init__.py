@@ -54,6 +54,7 @@ HEADS: dict[str, type[nn.Module]] = _load({
     "moc": "moc.MixtureOfContextsHead",
     "gss": "gss.GeneralizedSigsoftmaxHead",
     "plif": "plif.PiecewiseLinearSoftmaxHead",
+    "mixtape": "mixtape.MixtapeHead",
 })
 
 BUILDER_ARGUMENTS = ("tied_embedding",)  # keyword arguments the model builder passes, not config options
