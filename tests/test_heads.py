@@ -27,7 +27,8 @@ D_MODEL, VOCAB = 5, 13
 MIXTURES = [name for name, cls in HEADS.items() if issubclass(cls, MixtureHead)]
 DENSE = [name for name, cls in HEADS.items() if not cls.sparse]
 FLAGS = ("sparse", "decoder_reads_body", "affine_log_softmax", "argmax_of_body_logits")
-SMALL = {"n_components": 3, "d_latent": 4, "r": 0.4}  # small sizes, for the heads that take these options
+SMALL = {"n_components": 3, "d_latent": 4, "r": 0.4, "d_gate": 3, "n_frequent": 6}  # small sizes, for the heads
+# that take these options (n_frequent < VOCAB: Mixtape's gate sharing is exercised)
 
 
 def small_options(name: str, **options) -> dict:
@@ -429,3 +430,25 @@ def test_plif_starts_as_softmax_stays_increasing_and_is_deterministic_for_a_seed
 
     for first, second in zip(one_run(), one_run()):
         assert torch.equal(first, second)
+
+
+def test_mixtape_sigmoid_tree_gate_sharing_and_one_component():
+    head = make_head("mixtape", n_components=4, n_frequent=6)
+    g = hidden_states(5, D_MODEL, scale=2.0)
+    with torch.no_grad():
+        head.gate_bias.normal_()
+        frequent, shared = head.pre_activations(g)  # (5, 3, 6), (5, 3)
+        s = torch.sigmoid(frequent)
+        paper = torch.stack([s[:, 0] * s[:, 1], s[:, 0] * (1 - s[:, 1]), (1 - s[:, 0]) * s[:, 2], (1 - s[:, 0]) * (1 - s[:, 2])], 1)
+        torch.testing.assert_close(head.log_priors(frequent).exp(), paper)  # the K = 4 tree of the paper
+        for k in (2, 3, 5, 8):  # any K: priors are a distribution over the K leaves
+            priors = HEADS["mixtape"](D_MODEL, VOCAB, n_components=k).double().log_priors(torch.randn(4, k - 1, 7, dtype=torch.float64))
+            torch.testing.assert_close(priors.exp().sum(-2), torch.ones(4, 7, dtype=torch.float64))
+        # infrequent tokens (ids >= 6): the same priors, so their scores are affine in sum_k pi_k h_k
+        shared_priors = head.log_priors(shared.unsqueeze(-1)).exp()  # (5, 4, 1)
+        context = (shared_priors * head.latents(g)).sum(-2)
+        torch.testing.assert_close(head.scores(g)[:, 6:], head.decoder(context)[:, 6:])
+    one = make_head("mixtape", n_components=1)
+    softmax = SoftmaxHead(one.d_latent, VOCAB).double()
+    softmax.decoder.load_state_dict(one.decoder.state_dict())
+    torch.testing.assert_close(one(g), softmax(torch.tanh(one.latent(g))))

@@ -37,6 +37,8 @@ assumes -- not guessed silently, so a reader can check it against the paper:
   order of first occurrence, not of frequency, so the split approximates a frequency split.
 """
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -108,8 +110,10 @@ class MixtapeHead(nn.Module):
         n_nodes = n_components - 1
         self.latent = nn.Linear(d_model, n_components * d_latent)  # H_k, c_k
         self.decoder = build_decoder(d_latent, vocab_size, tied_embedding, input_name="d_latent")
-        self.gate_context = nn.Linear(d_model, n_nodes * d_gate, bias=False)  # U_n
-        self.gate_linear = nn.Linear(d_model, n_nodes, bias=False)  # u_n
+        with warnings.catch_warnings():  # K = 1: no gates, and PyTorch warns about initializing empty weights
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+            self.gate_context = nn.Linear(d_model, n_nodes * d_gate, bias=False)  # U_n
+            self.gate_linear = nn.Linear(d_model, n_nodes, bias=False)  # u_n
         self.gate_embedding = nn.Parameter(torch.empty(self.n_frequent, d_gate))  # v_x
         nn.init.normal_(self.gate_embedding, 0.0, 0.1)
         self.gate_bias = nn.Parameter(torch.zeros(self.n_frequent + 1, n_nodes))  # b_{x,n}; last row: shared b_n
