@@ -138,3 +138,13 @@ def test_every_shipped_config_loads_and_builds(path):
     model = build_model(config, vocab_size=50)
     assert model.n_params() > 0
     assert set(to_dict(config)) == {"data", "model", "head", "train", "run"}
+
+
+@pytest.mark.parametrize("name", ["ground-truth-lstm.yaml", "ptb-lite-lstm.yaml", "wikitext-2-lite-lstm.yaml", "ptb-lite-transformer.yaml"])
+def test_every_head_of_the_registry_runs_from_the_grid_base_configs(name, tiny_corpus):
+    """A suite picks up a new head by adding its name to a head.name grid: its base file must take it."""
+    from lm.heads import HEADS
+
+    for head in HEADS:
+        config = load_config(ROOT / "configs" / name, [f"data.path={tiny_corpus}", f"head.name={head}"])
+        assert build_model(config, vocab_size=50).n_params() > 0
