@@ -452,3 +452,14 @@ def test_mixtape_sigmoid_tree_gate_sharing_and_one_component():
     softmax = SoftmaxHead(one.d_latent, VOCAB).double()
     softmax.decoder.load_state_dict(one.decoder.state_dict())
     torch.testing.assert_close(one(g), softmax(torch.tanh(one.latent(g))))
+
+
+@pytest.mark.parametrize("bincount", [True, False])
+def test_plif_slope_gradient_by_bincount_and_by_one_hot_chunks(bincount: bool, monkeypatch):
+    from lm.heads import plif
+
+    monkeypatch.setattr(plif, "BINCOUNT_DEVICES", ("cpu",) if bincount else ())
+    monkeypatch.setattr(plif, "CHUNK_ELEMENTS", 4 * 5)  # the one-hot path: several chunks of 4 logits
+    z = hidden_states(3, 7, scale=3.0).requires_grad_()
+    slopes = (torch.rand(5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda z, a: plif._PiecewiseLinear.apply(z, a, 2.0), (z, slopes))

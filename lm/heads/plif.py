@@ -18,9 +18,9 @@ the piece of ``z``:
 so the most probable token is the argmax of ``z``; a learned ``f`` is not affine, so the ``d + 2`` rank
 bound does not hold.
 
-Deterministic: the gradient of the slopes is summed per piece by a one-hot matrix product over chunks of
-logits (no scatter-add of floats, whose order on a GPU is not fixed), so a seed gives the same numbers on
-every run. The paper's number of pieces and range for language models are not pinned down here; the
+Deterministic: the gradient of the slopes is summed per piece by ``torch.bincount`` on the CPU (one
+sequential pass) and by a one-hot matrix product over chunks of logits elsewhere (a float scatter-add
+on a GPU adds in no fixed order), so a seed gives the same numbers on every run. The paper's number of pieces and range for language models are not pinned down here; the
 defaults (100 pieces on [-10, 10]) are this project's choice.
 """
 
@@ -37,6 +37,8 @@ from lm.heads.options import check_size
 
 CHUNK_ELEMENTS = 2**22
 """Logits per chunk of the slope gradient (``chunk x K`` one-hot entries are built at a time)."""
+BINCOUNT_DEVICES = ("cpu",)
+"""Device types whose ``torch.bincount`` with float weights is one sequential pass (deterministic)."""
 
 
 class _PiecewiseLinear(torch.autograd.Function):
@@ -68,13 +70,19 @@ class _PiecewiseLinear(torch.autograd.Function):
             # df/da_m = D for m < j, z - t_j for m = j, 0 for m > j; summed per piece by one-hot products.
             per_piece = slopes.new_zeros(n_pieces)  # sum of grad over the logits in piece m
             per_piece_offset = slopes.new_zeros(n_pieces)  # sum of grad (z - t_m) over the logits in piece m
-            step = max(1, CHUNK_ELEMENTS // n_pieces)
+            by_bincount = logits.device.type in BINCOUNT_DEVICES
+            step = flat_logits.numel() if by_bincount else max(1, CHUNK_ELEMENTS // n_pieces)
             for start in range(0, flat_logits.numel(), step):
                 z, g = flat_logits[start : start + step], flat_grad[start : start + step]
                 piece = ((z + half_range) / width).floor_().clamp_(0, n_pieces - 1).long()
-                one_hot = F.one_hot(piece, n_pieces).to(slopes.dtype)  # (chunk, K)
-                per_piece += g @ one_hot
-                per_piece_offset += (g * (z - knots[piece])) @ one_hot
+                offset_grad = g * (z - knots[piece])
+                if by_bincount:
+                    per_piece += torch.bincount(piece, weights=g, minlength=n_pieces).to(slopes.dtype)
+                    per_piece_offset += torch.bincount(piece, weights=offset_grad, minlength=n_pieces).to(slopes.dtype)
+                else:
+                    one_hot = F.one_hot(piece, n_pieces).to(slopes.dtype)  # (chunk, K)
+                    per_piece += g @ one_hot
+                    per_piece_offset += offset_grad @ one_hot
             above = per_piece.flip(0).cumsum(0).flip(0) - per_piece  # sum over pieces m' > m
             grad_slopes = width * above + per_piece_offset
         return grad_logits, grad_slopes, None
