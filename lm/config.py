@@ -141,6 +141,12 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _key_text(key: Any) -> str:
+    """A config key as written when it is a plain printable word, else its shortened ``repr``."""
+    plain = isinstance(key, str) and key.isprintable() and not any(c.isspace() for c in key) and len(key) <= 60
+    return key if plain else _show(key)
+
+
 def valid_keys() -> list[str]:
     """All dotted keys, e.g. ``train.seed``; for the head ``head.name``, ``head.OPTION`` for the options of
     every head and ``head.HEAD.OPTION`` (a per-head block)."""
@@ -181,8 +187,7 @@ def resolve_head_options(name: Any, given: Any, where: str = "head") -> dict[str
     options = head_options(name)
     for key in given:
         if key not in options:
-            shown = key if isinstance(key, str) and len(key) <= 60 else _show(key)
-            raise UserError(f"head {name} has no option {shown}; {_head_options_sentence(name)}.")
+            raise UserError(f"head {name} has no option {_key_text(key)}; {_head_options_sentence(name)}.")
     resolved = {
         key: _coerce(f"head.{key}", given[key], annotation) if key in given else default
         for key, (annotation, default) in options.items()
@@ -298,7 +303,7 @@ def from_dict(raw: Any, where: str = "config") -> ExperimentConfig:
         for key, value in values.items():
             if key not in hints:
                 raise UserError(
-                    f"unknown config key {section}.{key} in {where}; valid keys are: "
+                    f"unknown config key {section}.{_key_text(key)} in {where}; valid keys are: "
                     f"{', '.join(k for k in valid_keys() if k.startswith(section + '.'))}."
                 )
             kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
@@ -338,7 +343,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if path[0] == "head" and len(path) in (2, 3):
             _check_head_key(path, key)  # which options exist depends on head.name: from_dict checks them
         elif key not in keys:
-            raise UserError(f"unknown config key {key}; valid keys are: {', '.join(sorted(keys))}.")
+            raise UserError(f"unknown config key {_key_text(key)}; valid keys are: {', '.join(sorted(keys))}.")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
@@ -360,7 +365,7 @@ def _check_head_key(path: list[str], key: str) -> None:
 
     if len(path) == 3 and path[1] not in HEADS and path[1] != SHARED:
         raise UserError(
-            f"unknown config key {key}; head options are written head.OPTION, head.{SHARED}.OPTION or "
+            f"unknown config key {_key_text(key)}; head options are written head.OPTION, head.{SHARED}.OPTION or "
             f"head.HEAD.OPTION with HEAD one of {', '.join(HEADS)}."
         )
 
