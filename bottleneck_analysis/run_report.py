@@ -70,7 +70,7 @@ def rank_run(
         smoothing: ``eps`` of the sparse-row policy (default: the head's ``smoothing``, 0 for dense heads).
         box: half-width of the hidden-state box of the unargmaxable check (default: the largest absolute
             hidden coordinate seen).
-        unargmaxable: run the unargmaxable check (heads with ``logits_affine`` only).
+        unargmaxable: run the unargmaxable check (heads with ``argmax_of_body_logits`` only).
         unargmaxable_seconds: time after which no further LP of that check is started (the tokens left
             are listed as undetermined); None for no limit.
         block_rows: rows per streamed block.
@@ -107,7 +107,7 @@ def rank_run(
     report = rank_report(blocks, relative_tolerances=relative_tolerances, smoothing=smoothing, block_rows=block_rows)
     collected = time.perf_counter()
 
-    if unargmaxable and getattr(head, "logits_affine", False):
+    if unargmaxable and getattr(head, "argmax_of_body_logits", False):
         half_width = box if box is not None else hidden_range["max_abs"]
         unargmaxable_report = (
             head_unargmaxable(head, box=half_width, seed=seed, time_limit=unargmaxable_seconds) if half_width > 0.0

@@ -11,8 +11,9 @@ hidden state this is the linear program
 and ``i`` is argmaxable iff the optimal margin ``t*`` is positive (above a tolerance). A token whose
 weight vector lies inside the convex hull of the others (with equal biases) is never argmaxable.
 
-The check applies to every head whose argmax is that of its logits (``head.logits_affine``: softmax,
-sigsoftmax, r-softmax); the mixtures have no such structure. It runs in two passes: a cheap pre-pass
+The check applies to every head whose most probable token is the argmax of ``W g + b`` at the body's
+output ``g`` (``head.argmax_of_body_logits``: softmax and the heads that apply an increasing map to each
+logit, such as sigsoftmax and r-softmax); the mixtures have no such structure. It runs in two passes: a cheap pre-pass
 evaluates the logits at points where a token is likely to win (for each token, the box corner and the
 box-surface point in the direction of its centred weight vector, plus seeded random points in the box)
 and marks every strict winner argmaxable; only the remaining tokens need an LP, solved with SciPy's
@@ -99,9 +100,9 @@ def unargmaxable_tokens(
 
 
 def head_unargmaxable(head: nn.Module, *, box: float = 1.0, **options) -> dict:
-    """:func:`unargmaxable_tokens` of ``head.decoder`` when ``head.logits_affine``; otherwise a dict
-    ``{"applicable": False, "reason": ...}``."""
-    if not getattr(head, "logits_affine", False):
+    """:func:`unargmaxable_tokens` of ``head.decoder`` when ``head.argmax_of_body_logits``; otherwise a
+    dict ``{"applicable": False, "reason": ...}``."""
+    if not getattr(head, "argmax_of_body_logits", False):
         return {"applicable": False, "reason": f"{type(head).__name__} is not argmax-equivalent to its logits"}
     bias = head.decoder.bias
     report = unargmaxable_tokens(head.decoder.weight, None if bias is None else bias, box=box, **options)

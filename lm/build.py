@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
-
 from lm.config import ExperimentConfig
 from lm.errors import UserError
 from lm.language_model import LanguageModel
-
-
-def _accepted(cls, options: dict) -> dict:
-    """The options that ``cls.__init__`` accepts by name."""
-    parameters = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return dict(options)
-    return {k: v for k, v in options.items() if k in parameters}
 
 
 def build_body(config: ExperimentConfig, vocab_size: int):
@@ -24,8 +14,8 @@ def build_body(config: ExperimentConfig, vocab_size: int):
     if m.body == "awd_lstm":
         d_last = m.d_last
         if d_last is None:
-            # AWD-LSTM: with a tied softmax-type head the last layer has the embedding size.
-            tied_direct = m.tie_weights and _head_class(config).logits_affine
+            # AWD-LSTM: a tied head whose decoder reads the body's output needs a last layer of the embedding size.
+            tied_direct = m.tie_weights and _head_class(config).decoder_reads_body
             d_last = m.d_embedding if tied_direct else m.d_hidden
         return BODIES["awd_lstm"](
             vocab_size,
@@ -68,15 +58,8 @@ def build_model(config: ExperimentConfig, vocab_size: int) -> LanguageModel:
     """The body and head that ``config`` names, composed (and tied when ``model.tie_weights``)."""
     body = build_body(config, vocab_size)
     head_class = _head_class(config)
-    h = config.head
-    options = {
-        "n_components": h.n_components,
-        "d_latent": h.d_latent,
-        "dropout_latent": h.dropout_latent,
-        "r": h.r,
-        "smoothing": h.smoothing,
-    }
+    options = dict(config.head.options)  # exactly the head's own options (lm.config checked them)
     if config.model.tie_weights:
         options["tied_embedding"] = body.embedding
-    head = head_class(body.d_output, vocab_size, **_accepted(head_class, options))
+    head = head_class(body.d_output, vocab_size, **options)
     return LanguageModel(body, head)

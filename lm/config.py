@@ -5,6 +5,23 @@ A YAML file is a complete :class:`ExperimentConfig` with the sections ``data``, 
 parsed as YAML scalars and checked against the field's type. Every problem is a :class:`UserError`
 with one sentence that names the key.
 
+The ``head`` section holds the head's name and that head's own options, which are the keyword
+parameters of its class in :data:`lm.heads.HEADS` (types from the annotations, defaults from the
+signature, ranges checked by the class itself)::
+
+    head:
+      name: mos
+      n_components: 15              # an option of the chosen head (head.n_components=15)
+      shared: {dropout_latent: 0.1}  # optional: for whichever head takes the option (head.shared.OPTION)
+      r_softmax: {r: 0.0}           # optional: only when that head is chosen (head.r_softmax.r=0.0)
+
+The two optional blocks let one base file serve a grid over heads. An option of the chosen head that it
+does not take is an error that lists the options it does take; a block's options are checked against
+every head they apply to, whichever head is chosen. The chosen head's options win over its block, which
+wins over ``shared``, which wins over the head's defaults. The resolved config (``to_dict``, the run
+folder's ``config.yaml``) holds the name and every option of the chosen head, defaults filled in, and no
+blocks.
+
 Mapping to the flag names of the AWD-LSTM (Merity et al. 2017) and MoS (Yang et al. 2018) code is given
 in the comment of each field, so paper settings can be checked line by line.
 """
@@ -62,12 +79,11 @@ class ModelConfig:
 
 @dataclass
 class HeadConfig:
-    name: str = "softmax"  # softmax, sigsoftmax, mos, moss, r_softmax (lm.heads.HEADS)
-    n_components: int = 15  # mixture components (--n_experts)
-    d_latent: int | None = None  # latent size of mixture components (MoS --emsize when tied); null: head default
-    dropout_latent: float = 0.29  # dropout on mixture latents (--dropoutl)
-    r: float = 0.5  # target sparsity of r_softmax, in [0, 1]
-    smoothing: float = 1e-6  # eps of the smoothed distribution (1-eps) p + eps/V used by r_softmax's loss and ppl
+    name: str = "softmax"  # the output head, a key of lm.heads.HEADS (see lm/heads/README.md)
+    options: dict[str, Any] = field(default_factory=dict)  # the head's own options; complete (defaults filled in) after __post_init__
+
+    def __post_init__(self):
+        self.options = resolve_head_options(self.name, self.options)
 
 
 @dataclass
@@ -116,6 +132,9 @@ class ExperimentConfig:
 
 _SECTION_TYPES = typing.get_type_hints(ExperimentConfig)
 _LARGEST_INT = 2**63  # torch takes 64-bit integers
+# The flat head section that every config.yaml held before heads had their own options (read-only support).
+SHARED = "shared"  # the head block of options for whichever head takes them
+_LEGACY_HEAD_OPTIONS = frozenset({"n_components", "d_latent", "dropout_latent", "r", "smoothing"})
 
 
 def _show(value: Any) -> str:
@@ -124,9 +143,102 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _key_text(key: Any) -> str:
+    """A config key as written when it is a plain printable word, else its shortened ``repr``."""
+    plain = isinstance(key, str) and key.isprintable() and not any(c.isspace() for c in key) and len(key) <= 60
+    return key if plain else _show(key)
+
+
 def valid_keys() -> list[str]:
-    """All dotted keys, e.g. ``train.seed``."""
-    return [f"{s}.{f.name}" for s, cls in _SECTION_TYPES.items() for f in dataclasses.fields(cls)]
+    """All dotted keys, e.g. ``train.seed``; for the head ``head.name``, ``head.OPTION`` for the options of
+    every head and ``head.HEAD.OPTION`` (a per-head block)."""
+    from lm.heads import HEADS, head_options
+
+    keys = []
+    for section, cls in _SECTION_TYPES.items():
+        if section != "head":
+            keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+            continue
+        keys.append("head.name")
+        options = {option: None for name in HEADS for option in head_options(name)}  # ordered union
+        keys += [f"head.{option}" for option in options]
+        keys += [f"head.{SHARED}.{option}" for option in options]
+        keys += [f"head.{name}.{option}" for name in HEADS for option in head_options(name)]
+    return keys
+
+
+def _head_options_sentence(name: str) -> str:
+    from lm.heads import head_options
+
+    options = list(head_options(name))
+    return f"its options are {', '.join(options)}" if options else "it takes no options besides name"
+
+
+def resolve_head_options(name: Any, given: Any, where: str = "head") -> dict[str, Any]:
+    """Every option of head ``name``: the ``given`` ones type-checked, the others at their defaults,
+    then checked by building the head on the meta device (no memory), so its own range checks run."""
+    import torch
+
+    from lm.heads import HEADS, head_options
+
+    name = _coerce("head.name", name, str)
+    if name not in HEADS:
+        raise UserError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}.")
+    if not isinstance(given, dict):
+        raise UserError(f"{where} must be a mapping of options of head {name}, got {_show(given)}.")
+    options = head_options(name)
+    for key in given:
+        if key not in options:
+            raise UserError(f"head {name} has no option {_key_text(key)}; {_head_options_sentence(name)}.")
+    resolved = {
+        key: _coerce(f"head.{key}", given[key], annotation) if key in given else default
+        for key, (annotation, default) in options.items()
+    }
+    with torch.device("meta"):
+        HEADS[name](1, 2, **resolved)
+    return resolved
+
+
+def _head_from_dict(values: dict, where: str) -> HeadConfig:
+    """The ``head`` section: name, the chosen head's options, and per-head blocks (see the module docstring)."""
+    from lm.heads import HEADS, head_options
+
+    values = dict(values)
+    name = _coerce("head.name", values.pop("name", HeadConfig.name), str)
+    if name not in HEADS:
+        raise UserError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}.")
+    if set(values) == _LEGACY_HEAD_OPTIONS:
+        # A config.yaml written before heads had their own options lists the options of every head;
+        # the builder of that time passed the chosen head the ones it takes, so read it the same way.
+        values = {key: value for key, value in values.items() if key in head_options(name)}
+    # A block applies only when its head is chosen, but it is checked against its head either way.
+    blocks = {
+        key: resolve_head_options(key, values.pop(key), where=f"head.{key} of {where}")
+        for key in [k for k in values if isinstance(k, str) and k in HEADS]
+    }
+    shared = _shared_options(values.pop(SHARED, None), where)
+    taken = {key: value for key, value in shared.items() if key in head_options(name)}
+    return HeadConfig(name=name, options={**taken, **blocks.get(name, {}), **values})
+
+
+def _shared_options(shared: Any, where: str) -> dict[str, Any]:
+    """``head.shared``: every option must be taken by some head and valid for each head that takes it."""
+    from lm.heads import HEADS, head_options
+
+    if shared is None:
+        return {}
+    if not isinstance(shared, dict):
+        raise UserError(f"head.{SHARED} of {where} must be a mapping of head options, got {_show(shared)}.")
+    every = {option for name in HEADS for option in head_options(name)}
+    for key in shared:
+        if key not in every:
+            raise UserError(
+                f"head.{SHARED} of {where} has option {_show(key)}, which no head takes; head options are "
+                f"{', '.join(sorted(every))}."
+            )
+    for name in HEADS:
+        resolve_head_options(name, {k: v for k, v in shared.items() if k in head_options(name)})
+    return shared
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -185,12 +297,15 @@ def from_dict(raw: Any, where: str = "config") -> ExperimentConfig:
             values = {}
         if not isinstance(values, dict):
             raise UserError(f"section {section} of {where} must be a mapping.")
+        if section == "head":
+            sections[section] = _head_from_dict(values, where)
+            continue
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for key, value in values.items():
             if key not in hints:
                 raise UserError(
-                    f"unknown config key {section}.{key} in {where}; valid keys are: "
+                    f"unknown config key {section}.{_key_text(key)} in {where}; valid keys are: "
                     f"{', '.join(k for k in valid_keys() if k.startswith(section + '.'))}."
                 )
             kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
@@ -207,7 +322,10 @@ def from_dict(raw: Any, where: str = "config") -> ExperimentConfig:
 
 
 def to_dict(config: ExperimentConfig) -> dict:
-    return dataclasses.asdict(config)
+    """Nested plain dicts; the head section is its name followed by all of its options."""
+    raw = dataclasses.asdict(config)
+    raw["head"] = {"name": config.head.name, **raw["head"]["options"]}
+    return raw
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -223,17 +341,35 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise UserError(f"override {item!r} must look like section.key=value, e.g. train.seed=2.")
         key, text = item.split("=", 1)
         key = key.strip()
-        if key not in keys:
-            raise UserError(f"unknown config key {key}; valid keys are: {', '.join(sorted(keys))}.")
+        path = key.split(".")
+        if path[0] == "head" and len(path) in (2, 3):
+            _check_head_key(path, key)  # which options exist depends on head.name: from_dict checks them
+        elif key not in keys:
+            raise UserError(f"unknown config key {_key_text(key)}; valid keys are: {', '.join(sorted(keys))}.")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
-        section, name = key.split(".", 1)
-        if not isinstance(raw.setdefault(section, {}), dict):
-            raise UserError(f"section {section} of the config must be a mapping, so {key} cannot be set.")
-        raw[section][name] = value
+        target = raw
+        for depth, part in enumerate(path[:-1]):
+            if not isinstance(target.setdefault(part, {}), dict):
+                raise UserError(f"{'.'.join(path[:depth + 1])} of the config must be a mapping, so {key} cannot be set.")
+            if depth:  # a per-head block: copy it, like the sections above, so that raw's caller keeps its own
+                target[part] = dict(target[part])
+            target = target[part]
+        target[path[-1]] = value
     return raw
+
+
+def _check_head_key(path: list[str], key: str) -> None:
+    """``head.NAME``, ``head.shared.OPTION`` or ``head.HEAD.OPTION`` with HEAD a registered head."""
+    from lm.heads import HEADS
+
+    if len(path) == 3 and path[1] not in HEADS and path[1] != SHARED:
+        raise UserError(
+            f"unknown config key {_key_text(key)}; head options are written head.OPTION, head.{SHARED}.OPTION or "
+            f"head.HEAD.OPTION with HEAD one of {', '.join(HEADS)}."
+        )
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
@@ -282,14 +418,7 @@ def validate(config: ExperimentConfig) -> None:
     _check(m.attention in ("softmax", "r_softmax"), f"model.attention must be softmax or r_softmax, not {m.attention!r}.")
     _check(0.0 <= m.attention_r <= 1.0, f"model.attention_r must be in [0, 1], got {m.attention_r}.")
     _check(m.d_model % m.n_heads == 0, "model.d_model must be divisible by model.n_heads.")
-    from lm.heads import HEADS
-
-    _check(h.name in HEADS, f"unknown head {h.name!r}; choose one of {', '.join(HEADS)}.")
-    _check(h.n_components >= 1, f"head.n_components must be at least 1, got {h.n_components}.")
-    _check(h.d_latent is None or h.d_latent >= 1, "head.d_latent must be at least 1 or null.")
-    _check(0.0 <= h.dropout_latent < 1.0, f"head.dropout_latent must be in [0, 1), got {h.dropout_latent}.")
-    _check(0.0 <= h.r <= 1.0, f"head.r must be in [0, 1], got {h.r}.")
-    _check(0.0 < h.smoothing < 1.0, f"head.smoothing must be in (0, 1), got {h.smoothing}.")
+    h.options = resolve_head_options(h.name, h.options)  # the head's own checks (HeadConfig may have been edited)
     _check(t.optimizer in ("sgd", "adamw"), f"train.optimizer must be sgd or adamw, not {t.optimizer!r}.")
     _check(t.lr > 0, f"train.lr must be positive, got {t.lr}.")
     _check(t.clip >= 0, "train.clip must not be negative.")

@@ -459,7 +459,7 @@ def filter_cells(cells: list[Cell], only: Iterable[str]) -> list[Cell]:
             wanted = text
 
         def value_of(cell: Cell) -> Any:
-            return cell.point[key] if key in cell.point else _flat_config(cell.config)[key]
+            return cell.point[key] if key in cell.point else _flat_config(cell.config).get(key)  # head options vary by head
 
         def same(value: Any) -> bool:
             return format_value(value) == text or value == wanted or str(value) == text

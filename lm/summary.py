@@ -33,15 +33,22 @@ from lm.errors import UserError
 # Keys that identify a group by other columns, or that never make runs differ in kind.
 IDENTITY_KEYS = ("train.seed", "head.name", "model.body", "data.path", "data.name", "run.output_dir", "run.name",
                  "run.device", "data.cache_dir")
-HEAD_ORDER = ("softmax", "sigsoftmax", "mos", "moss", "r_softmax")
-# Okabe-Ito colours (readable by colour-blind readers) and markers so that grey print still tells heads apart.
-HEAD_STYLE = {
-    "softmax": ("#000000", "o", "-"),
-    "sigsoftmax": ("#E69F00", "s", "--"),
-    "mos": ("#0072B2", "^", "-."),
-    "moss": ("#009E73", "D", ":"),
-    "r_softmax": ("#D55E00", "v", (0, (5, 1, 1, 1))),
-}
+# Heads in the order of the registry; each gets the style of its registry index: an Okabe-Ito colour (readable
+# by colour-blind readers), a marker and a line style, so that grey print still tells heads apart.
+HEAD_PALETTE = ("#000000", "#E69F00", "#0072B2", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442")
+HEAD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "p")
+HEAD_LINES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)))
+
+
+def _registry_styles() -> tuple[tuple[str, ...], dict[str, tuple]]:
+    from lm.heads import HEADS
+
+    order = tuple(HEADS)
+    return order, {name: (HEAD_PALETTE[i % len(HEAD_PALETTE)], HEAD_MARKERS[i % len(HEAD_MARKERS)],
+                          HEAD_LINES[i % len(HEAD_LINES)]) for i, name in enumerate(order)}
+
+
+HEAD_ORDER, HEAD_STYLE = _registry_styles()
 OTHER_STYLES = [("#CC79A7", "P", "-"), ("#56B4E9", "X", "--"), ("#F0E442", "*", "-.")]
 DPI = 150
 
@@ -74,7 +81,7 @@ def head_input_size(config: dict) -> int | None:
     from lm.heads import HEADS
 
     head = HEADS.get(config.get("head", {}).get("name"))
-    tied_direct = m.get("tie_weights") and head is not None and head.logits_affine
+    tied_direct = m.get("tie_weights") and head is not None and head.decoder_reads_body
     return m.get("d_embedding") if tied_direct else m.get("d_hidden")
 
 
@@ -124,9 +131,9 @@ def varying_keys(runs: list[dict]) -> list[str]:
     for run in runs:
         for key, value in run["config"].items():
             keys.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
-    for run in runs:  # a key missing from some runs varies too
+    for run in runs:  # a key missing from some runs varies too (not a head option: each head has its own)
         for key in keys:
-            if key not in run["config"]:
+            if key not in run["config"] and not key.startswith("head."):
                 keys[key].add("missing")
     return [k for k, values in keys.items() if len(values) > 1 and k not in IDENTITY_KEYS]
 

@@ -1,9 +1,12 @@
-"""Speed and memory of the output heads' training loss at the MoS paper's PTB setting.
+"""Speed and memory of every output head's training loss at the MoS paper's PTB setting.
 
-``d = 280``, ``V = 10,000``, ``K = 15`` components of latent size 280, 420 tokens per step (batch 12 x
-BPTT 35). For every head one step is ``head.loss(hidden, targets, "none").mean()`` and its backward
-pass, in training mode (latent dropout 0.29 on), with the hidden states and all parameters
-requiring gradients. Also measured:
+``d = 280``, ``V = 10,000``, 420 tokens per step (batch 12 x BPTT 35). Every head of the registry
+``lm.heads.HEADS`` is built with its own defaults, which are its paper's settings (``K = 15`` components
+of latent size ``d`` and latent dropout 0.29 for the MoS-type mixtures; see each head's options in the
+JSON). For every head one step is ``head.loss(hidden, targets, "none").mean()`` and its backward pass,
+in training mode (dropout on), with the hidden states and all parameters requiring gradients. Each head
+is also reported relative to softmax (step time, and the peak memory a step adds beyond softmax's).
+Also measured:
 
 - ``mos_reference``: the probability-space formula of the official MoS code (softmax per
   component, mix the probabilities, then ``log(p + 1e-8)``), through plain autograd: the baseline.
@@ -12,7 +15,7 @@ requiring gradients. Also measured:
 
 Reported per method: median tokens/s over the timed steps, peak memory of one step, and the share of
 the machine's measured float32 GEMM rate (model FLOPs per token x tokens/s / GEMM FLOP/s, with model
-FLOPs = 3 x 2 x the multiply-adds of the forward pass).
+FLOPs = 3 x the forward FLOPs that ``torch.utils.flop_counter`` counts for ``head(hidden)``).
 
 Timing: all methods in one process, one step of each in turn for ``--steps`` rounds after a warm-up
 step, so that the load of a shared machine affects them alike; the median step is reported.
@@ -43,6 +46,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from lm.heads import HEADS
 from lm.io import atomic_write_json
@@ -50,30 +54,35 @@ from lm.provenance import provenance
 from lm.seed import seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent
-D_MODEL, VOCAB, COMPONENTS, D_LATENT = 280, 10_000, 15, 280
+D_MODEL, VOCAB = 280, 10_000
 BATCH, BPTT = 12, 35
-DROPOUT_LATENT = 0.29
 # glibc: a fixed mmap threshold of 64 KiB (no dynamic raise) puts every tensor of 64 KiB or more in its
 # own mapping, returned to the kernel when freed, so that resident memory follows the live tensors.
 CHILD_ENVIRONMENT = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
-METHODS = ("softmax", "sigsoftmax", "r_softmax", "mos", "moss", "mos_reference", "mos_logspace_autograd")
+BASELINES = ("mos_reference", "mos_logspace_autograd")  # two ways of computing MoS without its fused loss
+METHODS = (*HEADS, *BASELINES)
 
 
 def build_head(method: str) -> torch.nn.Module:
-    """The head a method trains (the MoS head for the two MoS baselines)."""
-    name = "mos" if method.startswith("mos_") else method
-    options = {"n_components": COMPONENTS, "d_latent": D_LATENT, "dropout_latent": DROPOUT_LATENT}
-    if name in ("mos", "moss"):
-        return HEADS[name](D_MODEL, VOCAB, **options).train()
-    return HEADS[name](D_MODEL, VOCAB).train()
+    """The head a method trains, at its defaults (the MoS head for the two MoS baselines)."""
+    return HEADS["mos" if method in BASELINES else method](D_MODEL, VOCAB).train()
+
+
+def head_options_used(method: str) -> dict:
+    """The options of the head a method trains (its defaults), as they end up on the built head."""
+    from lm.heads import head_options
+
+    head = build_head(method)
+    name = "mos" if method in BASELINES else method
+    return {option: getattr(head, option, default) for option, (_, default) in head_options(name).items()}
 
 
 def mos_reference_nll(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-token NLL as the official MoS code computes it: mix probabilities, then ``log(p + 1e-8)``."""
     log_prior, latent = head.mixture_inputs(hidden)  # (B, T, K), (B, T, K, d)
-    prior = log_prior.exp().view(-1, COMPONENTS)  # (B, T, K) -> (N, K)
-    logits = head.decoder(latent.view(-1, D_LATENT))  # (B, T, K, d) -> (N K, d) -> (N K, V)
-    prob = F.softmax(logits, dim=-1).view(-1, COMPONENTS, VOCAB)  # (N K, V) -> (N, K, V)
+    prior = log_prior.exp().view(-1, head.n_components)  # (B, T, K) -> (N, K)
+    logits = head.decoder(latent.view(-1, head.d_latent))  # (B, T, K, d) -> (N K, d) -> (N K, V)
+    prob = F.softmax(logits, dim=-1).view(-1, head.n_components, VOCAB)  # (N K, V) -> (N, K, V)
     prob = (prob * prior.unsqueeze(2).expand_as(prob)).sum(1)  # (N, V)
     log_prob = torch.log(prob.add_(1e-8))
     return F.nll_loss(log_prob, targets.reshape(-1), reduction="none")
@@ -89,11 +98,14 @@ def loss_function(method: str, head):
 
 
 def model_flops_per_token(method: str) -> float:
-    """3 x 2 x forward multiply-adds per token (forward + backward) of the head's matrix products."""
-    if method in ("softmax", "sigsoftmax", "r_softmax"):
-        return 6.0 * D_MODEL * VOCAB
-    per_component = D_MODEL + D_MODEL * D_LATENT + D_LATENT * VOCAB  # prior, latent, decoder
-    return 6.0 * COMPONENTS * per_component
+    """3 x the forward FLOPs per token (forward + backward) that PyTorch's FLOP counter finds in
+    ``head(hidden)`` (matrix products; 2 FLOPs per multiply-add)."""
+    head = build_head(method).eval()
+    hidden = torch.randn(BATCH, BPTT, D_MODEL)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        head(hidden)
+    return 3.0 * counter.get_total_flops() / (BATCH * BPTT)
 
 
 def _proc_status_kib(field: str) -> int:
@@ -171,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"peak_memory_mb": peak_memory_mb(args.child)}))
         return 0
 
+    load_before = os.getloadavg()  # the machine may be shared: record how busy it was
     memory = {}
     for method in args.methods:
         child = [sys.executable, __file__, "--child", method, "--threads", str(args.threads)]
@@ -192,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     for result in results.values():
         result["gemm_fraction"] = result["model_gflop_per_token"] * 1e9 * result["tokens_per_s"] / rate
 
+    if "softmax" in results:  # the cost of each head over softmax's
+        for result in results.values():
+            result["step_time_over_softmax"] = result["median_step_s"] / results["softmax"]["median_step_s"]
+            result["extra_peak_memory_mb_over_softmax"] = result["peak_memory_mb"] - results["softmax"]["peak_memory_mb"]
+    for method, result in results.items():
+        result["options"] = head_options_used(method)
+
     checks = {}
     if {"mos", "mos_reference"} <= results.keys():
         mos, reference = results["mos"], results["mos_reference"]
@@ -199,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         checks["mos_memory_at_most_one_fifth"] = checks["mos_memory_over_reference"] <= 0.2
         checks["mos_speedup_over_reference"] = mos["tokens_per_s"] / reference["tokens_per_s"]
         checks["mos_at_least_as_fast"] = checks["mos_speedup_over_reference"] >= 1.0
+    if {"softmax", "mos", "mixtape"} <= results.keys():
+        # Yang et al. 2019 report Mixtape 3.5-10.5x faster than MoS and 20-34% slower than softmax (whole
+        # networks on accelerators, V = 10-30k); here: the head alone on this CPU.
+        mixtape = results["mixtape"]
+        checks["mixtape_step_time_over_softmax"] = mixtape["step_time_over_softmax"]
+        checks["mixtape_speedup_over_mos"] = results["mos"]["median_step_s"] / mixtape["median_step_s"]
+        checks["mixtape_extra_peak_memory_mb_over_softmax"] = mixtape["extra_peak_memory_mb_over_softmax"]
+        checks["mixtape_memory_over_mos"] = mixtape["peak_memory_mb"] / results["mos"]["peak_memory_mb"]
     if {"softmax", "sigsoftmax"} <= results.keys():
         checks["sigsoftmax_cost_over_softmax"] = results["softmax"]["tokens_per_s"] / results["sigsoftmax"]["tokens_per_s"]
         checks["sigsoftmax_at_most_1.3x"] = checks["sigsoftmax_cost_over_softmax"] <= 1.3
@@ -208,9 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "d_model": D_MODEL,
             "vocab_size": VOCAB,
-            "n_components": COMPONENTS,
-            "d_latent": D_LATENT,
-            "dropout_latent": DROPOUT_LATENT,
+            "head_options": "each head's defaults (its paper's settings), listed per head under options",
             "tokens_per_step": BATCH * BPTT,
             "batch_size": BATCH,
             "bptt": BPTT,
@@ -220,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             "peak_memory": "VmHWM - VmRSS of one step in a fresh subprocess (MALLOC_MMAP_THRESHOLD_=65536), after a warm-up step",
         },
         "gemm_gflop_per_s": rate / 1e9,
+        "load_average_1_5_15_min": {"before": list(load_before), "after": list(os.getloadavg())},
         "heads": results,
         "checks": checks,
     }

@@ -38,8 +38,19 @@ def tiny_corpus(tmp_path) -> Path:
     return write_tiny_corpus(tmp_path / "corpus")
 
 
-def tiny_overrides(corpus: Path, output_dir: Path, **extra) -> list[str]:
-    """Overrides that turn any shipped config into a seconds-long CPU run on ``corpus``."""
+def tiny_overrides(corpus: Path, output_dir: Path, head: str | None = None, **extra) -> list[str]:
+    """Overrides that turn any shipped config into a seconds-long CPU run on ``corpus``.
+
+    The head's sizes go to ``head.shared`` (for whichever head takes them), which a config's own options
+    for its chosen head outrank; name that ``head`` to set them as its own options instead.
+    """
+    from lm.heads import head_options
+
+    sizes = {"n_components": 3, "d_latent": 16}
+    if head is None:
+        head_sizes = {f"head.shared.{k}": v for k, v in sizes.items()}
+    else:
+        head_sizes = {"head.name": head, **{f"head.{k}": v for k, v in sizes.items() if k in head_options(head)}}
     values = {
         "data.path": str(corpus),
         "model.d_embedding": 16,
@@ -49,8 +60,7 @@ def tiny_overrides(corpus: Path, output_dir: Path, **extra) -> list[str]:
         "model.n_heads": 2,
         "model.d_ff": 32,
         "model.context_length": 16,
-        "head.n_components": 3,
-        "head.d_latent": 16,
+        **head_sizes,
         "train.batch_size": 4,
         "train.bptt": 8,
         "train.max_seq_len_delta": 4,

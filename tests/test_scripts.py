@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import tiny_overrides
 
@@ -26,7 +27,7 @@ def run_script(name: str, *args: str, cwd: Path, **env: str) -> subprocess.Compl
 ])
 def test_paper_reproduction_scripts_run_a_few_steps(tiny_corpus, tmp_path, script, head, seeds):
     out = tmp_path / "paper"
-    overrides = [item for item in tiny_overrides(tiny_corpus, out, **{"train.max_steps": 2, "train.epochs": 1,
+    overrides = [item for item in tiny_overrides(tiny_corpus, out, head, **{"train.max_steps": 2, "train.epochs": 1,
                                                                         "model.d_last": 16, "train.batch_size": 2})
                  if not item.startswith(("run.output_dir=", "run.device="))]
     done = run_script(script, *overrides, cwd=tmp_path, OUTPUT_DIR=str(out), DEVICE="cpu")
@@ -50,7 +51,7 @@ def test_cpu_suite_lists_the_thirty_lite_runs(tmp_path):
     commands = [line for line in done.stdout.splitlines() if not line.startswith("#")]
     assert len(commands) == 30 and "# 30 runs" in done.stdout
     for corpus in ("ptb-lite", "wikitext-2-lite"):
-        for head in ("softmax", "sigsoftmax", "mos", "moss", "r_softmax"):
+        for head in yaml.safe_load((ROOT / "configs/suites/lite-cpu.yaml").read_text())["grid"]["head.name"]:
             for seed in (1, 2, 3):
                 assert sum(f"configs/{corpus}-lstm.yaml" in c and f"head.name={head} " in c and f"train.seed={seed} " in c
                            for c in commands) == 1, (corpus, head, seed)

@@ -190,7 +190,7 @@ def tiny_ground_truth_suite(folder: Path) -> Path:
         "name": "tiny-truth", "base": str(GROUND_TRUTH), "output_dir": str(folder / "out"),
         "synth": {"vocab_size": 12, "rank": 12, "n_train_tokens": 1200, "n_valid_tokens": 300, "n_test_tokens": 300,
                   "line_length": 30},
-        "fixed": {"model.d_embedding": 8, "model.d_last": 4, "head.n_components": 2, "train.batch_size": 8,
+        "fixed": {"model.d_embedding": 8, "model.d_last": 4, "head.shared.n_components": 2, "train.batch_size": 8,
                   "train.bptt": 8, "train.epochs": 3, "train.checkpoint_every": 5, "train.log_every": 5,
                   "train.eval_batch_size": 4, "train.test_batch_size": 4},
         "grid": {"head.name": ["softmax", "mos"]},

@@ -24,7 +24,7 @@ from bottleneck_analysis.synthetic import (
 )
 from lm.data import load_corpus
 from lm.errors import UserError
-from lm.heads import HEADS
+from lm.heads import HEADS, head_options
 from lm.models.interface import BodyOutput
 
 
@@ -180,7 +180,7 @@ def fit_exact_distributions(language, head_name: str, d: int, steps: int, seed: 
     float64 log-prob matrix ``(V, V)``."""
     torch.manual_seed(seed)
     vocab_size = language.vocab_size
-    options = {"n_components": 8, "dropout_latent": 0.0} if head_name in ("mos", "moss") else {}
+    options = {k: v for k, v in {"n_components": 8, "dropout_latent": 0.0}.items() if k in head_options(head_name)}
     body = nn.Embedding(vocab_size, d)
     head = HEADS[head_name](d, vocab_size, **options)
     true_log_probs = torch.from_numpy(language.log_probs).float()

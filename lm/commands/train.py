@@ -11,8 +11,12 @@ from lm.train import run_dir_for, train
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML experiment file (see configs/)")
+    from lm.heads import HEADS
+
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. train.seed=2 head.name=mos (keys: " + ", ".join(valid_keys()[:6]) + ", ...)")
+                        help="dotted overrides, e.g. train.seed=2 head.name=mos (keys: " + ", ".join(valid_keys()[:6]) + ", ...); "
+                             f"head.name is one of {', '.join(HEADS)}, head.OPTION sets an option of that head "
+                             "(lm/heads/README.md lists them)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -49,7 +49,9 @@ class MixtureHead(nn.Module):
 
     component_name: str = "softmax"
     sparse = False
-    logits_affine = False
+    decoder_reads_body = False
+    affine_log_softmax = False
+    argmax_of_body_logits = False
 
     def __init__(
         self,
@@ -124,3 +126,15 @@ class MixtureHead(nn.Module):
             self.component_name,
         )
         return reduce_nll(nll.view(targets.shape), reduction)  # (N,) -> (...)
+
+    def reference_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``p = sum_k pi_k f(W h_k + b)`` in probability space, without dropout (slow; for tests)."""
+        pi = torch.exp(hidden @ self.prior.weight.T)
+        pi = pi / pi.sum(-1, keepdim=True)  # (..., K)
+        h = torch.tanh(hidden @ self.latent.weight.T + self.latent.bias)
+        h = h.view(*hidden.shape[:-1], self.n_components, self.d_latent)  # (..., K, d_latent)
+        z = h @ self.decoder.weight.T + self.decoder.bias  # (..., K, V)
+        weight = {"softmax": torch.ones_like, "sigsoftmax": torch.sigmoid}[self.component_name]  # p ∝ exp(z) w(z)
+        components = torch.exp(z) * weight(z)
+        components = components / components.sum(-1, keepdim=True)  # (..., K, V)
+        return (pi.unsqueeze(-1) * components).sum(-2)

@@ -34,7 +34,9 @@ class RSoftmaxHead(nn.Module):
     """
 
     sparse = True
-    logits_affine = True  # w_i exp(z_i) is increasing in z_i: same argmax as z
+    decoder_reads_body = True
+    affine_log_softmax = False
+    argmax_of_body_logits = True  # w_i exp(z_i) is increasing in z_i: same argmax as z
 
     def __init__(
         self,
@@ -65,3 +67,11 @@ class RSoftmaxHead(nn.Module):
         floor = torch.full_like(target_log_probs, math.log(self.smoothing / self.decoder.out_features))
         smoothed = torch.logaddexp(target_log_probs + math.log1p(-self.smoothing), floor)
         return reduce_nll(-smoothed, reduction)
+
+    def reference_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``p_i = w_i exp(z_i) / sum_j w_j exp(z_j)`` with the paper's ``w`` and ``t_r`` (slow; for tests)."""
+        z = hidden @ self.decoder.weight.T + self.decoder.bias  # (..., V)
+        shifted = z - z.max(-1, keepdim=True).values
+        threshold = -torch.quantile(shifted, self.r, dim=-1, keepdim=True) + 1e-8
+        p = torch.relu(shifted + threshold) * torch.exp(shifted)
+        return p / p.sum(-1, keepdim=True)

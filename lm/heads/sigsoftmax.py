@@ -24,7 +24,9 @@ class SigsoftmaxHead(nn.Module):
     """
 
     sparse = False
-    logits_affine = True  # u = z + logsigmoid(z) is increasing in z: same argmax as z
+    decoder_reads_body = True
+    affine_log_softmax = False
+    argmax_of_body_logits = True  # u = z + logsigmoid(z) is increasing in z: same argmax as z
 
     def __init__(self, d_model: int, vocab_size: int, *, tied_embedding: nn.Embedding | None = None):
         super().__init__()
@@ -44,3 +46,9 @@ class SigsoftmaxHead(nn.Module):
         check_targets(hidden, targets)
         nll = fused_single_nll(hidden, self.decoder.weight, self.decoder.bias, targets, "sigsoftmax")  # (...)
         return reduce_nll(nll, reduction)
+
+    def reference_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``p_i = exp(z_i) sigmoid(z_i) / sum_j exp(z_j) sigmoid(z_j)`` in probability space (slow; for tests)."""
+        z = hidden @ self.decoder.weight.T + self.decoder.bias  # (..., V)
+        p = torch.exp(z) * torch.sigmoid(z)
+        return p / p.sum(-1, keepdim=True)

@@ -23,7 +23,9 @@ class SoftmaxHead(nn.Module):
     """
 
     sparse = False
-    logits_affine = True
+    decoder_reads_body = True
+    affine_log_softmax = True
+    argmax_of_body_logits = True
 
     def __init__(self, d_model: int, vocab_size: int, *, tied_embedding: nn.Embedding | None = None):
         super().__init__()
@@ -43,3 +45,8 @@ class SoftmaxHead(nn.Module):
         check_targets(hidden, targets)
         nll = fused_single_nll(hidden, self.decoder.weight, self.decoder.bias, targets, "softmax")  # (...)
         return reduce_nll(nll, reduction)
+
+    def reference_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``p_i = exp(z_i) / sum_j exp(z_j)``, ``z = W g + b``, in probability space (slow; for tests)."""
+        p = torch.exp(hidden @ self.decoder.weight.T + self.decoder.bias)  # (..., V)
+        return p / p.sum(-1, keepdim=True)
