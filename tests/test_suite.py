@@ -69,6 +69,90 @@ def test_sizes_in_the_grid_get_their_own_run_folders(tiny_corpus, tmp_path):
     assert names == ["awd_lstm-corpus-softmax-s141-d_last8-lr0.001", "awd_lstm-corpus-softmax-s141-d_last16-lr0.001"]
 
 
+def study_like_suite(folder: Path, corpus: Path) -> Path:
+    """A bottleneck-curve grid over d x head x seed plus a K sweep and an r sweep at one d (not a full product)."""
+    fixed = {k: v for k, v in tiny_fixed(corpus).items() if k not in ("head.n_components", "model.d_embedding")}
+    raw = {"name": "study", "base": str(LSTM), "output_dir": str(folder / "out"), "fixed": fixed, "rank": False,
+           "grids": [
+               {"model.d_embedding": [16, 32, 64], "head.name": ["softmax", "mos"], "train.seed": [1, 2]},
+               {"model.d_embedding": [32], "head.name": ["mos"], "head.n_components": [1, 3, 5], "train.seed": [1]},
+               {"model.d_embedding": [32], "head.name": ["softmax", "r_softmax"], "head.r": [0.1, 0.5], "train.seed": [1]},
+           ]}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_several_grids_expand_each_grid_and_list_a_shared_cell_once(tiny_corpus, tmp_path, capsys):
+    path = study_like_suite(tmp_path, tiny_corpus)
+    cells = expand(load_suite(path))
+    base_components = load_config(LSTM).head.n_components
+    assert base_components == 3  # so the K sweep's K = 3 cell at d = 32 is the first grid's MoS run
+    names = [c.run_dir.name for c in cells]
+    first = [f"awd_lstm-corpus-{head}-s{seed}-d_embedding{d}" + ("-n_components3-r0.5" if head == "mos" else "")
+             for d in (16, 32, 64) for head in ("softmax", "mos") for seed in (1, 2)]
+    # MoS takes n_components but not r; r_softmax takes r but not n_components; softmax takes neither.
+    first = [n.replace("-r0.5", "") for n in first]
+    assert names == first + ["awd_lstm-corpus-mos-s1-d_embedding32-n_components1",
+                             "awd_lstm-corpus-mos-s1-d_embedding32-n_components5",
+                             "awd_lstm-corpus-r_softmax-s1-d_embedding32-r0.1",
+                             "awd_lstm-corpus-r_softmax-s1-d_embedding32-r0.5"]
+    assert len(set(names)) == len(names) == 16
+    by_name = {c.run_dir.name: c for c in cells}
+    assert by_name["awd_lstm-corpus-mos-s1-d_embedding32-n_components1"].config.head.n_components == 1
+    assert by_name["awd_lstm-corpus-r_softmax-s1-d_embedding32-r0.1"].config.head.r == 0.1
+    assert by_name["awd_lstm-corpus-softmax-s2-d_embedding64"].config.model.d_embedding == 64
+    assert "head.r" not in by_name["awd_lstm-corpus-softmax-s1-d_embedding32"].point  # softmax ignores r
+    # --only sees the keys of every grid; the dry run lists the same cells.
+    assert [c.run_dir.name for c in filter_cells(cells, ["n_components=5"])] == ["awd_lstm-corpus-mos-s1-d_embedding32-n_components5"]
+    assert run_command(path, "--dry-run") == 0
+    out = capsys.readouterr().out
+    commands = [line for line in out.splitlines() if not line.startswith("#")]
+    assert len(commands) == 16 and "# 16 runs" in out
+    assert sum("head.n_components=1 " in c for c in commands) == 1 and sum("head.r=0.1 " in c for c in commands) == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grid": {"train.seed": [1]}, "grids": [{"train.seed": [2]}]}, "both grid and grids"),
+    ({"grids": {"train.seed": [1]}}, "grids of .* non-empty list of grids"),
+    ({"grids": []}, "grids of .* non-empty list of grids"),
+    ({"grids": [{"train.seed": [1]}, {"train.seed": 2}]}, "key train.seed of grid 2 of .* non-empty list"),
+    ({"grids": [{"train.seed": [1]}, ["train.seed"]]}, "grid 2 of .* must be a mapping"),
+    ({"grids": [{"head.colour": [1]}]}, "grid 1 of .* unknown config key 'head.colour'"),
+])
+def test_bad_grids_are_one_sentence(tiny_corpus, tmp_path, change, message):
+    raw = {"name": "bad", "base": str(LSTM), "output_dir": str(tmp_path / "out"), "fixed": tiny_fixed(tiny_corpus), **change}
+    with pytest.raises(UserError, match=message):
+        expand(parse_suite(raw, tmp_path / "bad.yaml"))
+
+
+def test_a_key_of_any_grid_names_every_folder(tiny_corpus, tmp_path):
+    raw = {"name": "clash", "base": str(LSTM), "output_dir": str(tmp_path / "out"), "fixed": tiny_fixed(tiny_corpus),
+           "grids": [{"head.name": ["softmax"]}, {"head.name": ["softmax"], "train.lr": [0.5]}]}
+    # the second grid varies lr, so the first grid's cell carries its lr in its name too: two folders
+    cells = expand(parse_suite(raw, tmp_path / "clash.yaml"))
+    assert [c.run_dir.name for c in cells] == [f"awd_lstm-corpus-softmax-s141-lr{format_value(load_config(LSTM).train.lr)}",
+                                               "awd_lstm-corpus-softmax-s141-lr0.5"]
+
+
+def test_thread_limit_reaches_every_blas_pool_and_is_undone():
+    import numpy as np  # noqa: F401 - its OpenBLAS is loaded
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from lm.suite import _thread_limit
+
+    before = {info["filepath"]: info["num_threads"] for info in threadpool_info()}
+    torch_before = torch.get_num_threads()
+    with _thread_limit(1):
+        inside = threadpool_info()
+        assert inside and all(info["num_threads"] == 1 for info in inside)
+        assert torch.get_num_threads() == 1
+    after = {info["filepath"]: info["num_threads"] for info in threadpool_info()}
+    assert all(after[path] == threads for path, threads in before.items() if path in after)
+    assert torch.get_num_threads() == torch_before
+
+
 def test_only_filters_by_short_or_dotted_key(tiny_corpus, tmp_path):
     cells = expand(load_suite(write_suite(tmp_path, tiny_corpus, {"head.name": ["softmax", "mos"], "train.seed": [1, 2]})))
     assert [c.run_dir.name for c in filter_cells(cells, ["head=mos"])] == ["awd_lstm-corpus-mos-s1", "awd_lstm-corpus-mos-s2"]
