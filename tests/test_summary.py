@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 import matplotlib.image
+import pandas as pd
 import pytest
 
 from lm.commands import plot as plot_command
@@ -116,8 +117,8 @@ def test_summary_numbers_equal_the_run_files(results, summary):
 def test_plots_are_valid_images(summary):
     out = summary
     names = sorted(p.name for p in out["plots"])
-    assert names == ["kl-vs-d-toy-awd_lstm.png", "spectrum-toy-awd_lstm.png", "test-ppl-toy-awd_lstm.png",
-                     "valid-ppl-toy-awd_lstm.png"]
+    assert names == ["kl-vs-d-toy-awd_lstm.png", "rank-vs-d-toy-awd_lstm.png", "spectrum-toy-awd_lstm.png",
+                     "test-ppl-vs-d-toy-awd_lstm.png", "valid-ppl-toy-awd_lstm.png"]
     for path in out["plots"]:
         assert_png(path)
 
@@ -127,10 +128,11 @@ def test_one_seed_has_no_spread_and_missing_reports_are_left_out(tmp_path):
     fake_run(tmp_path, "sigsoftmax", 1, test_ppl=68.5)
     (tmp_path / "unfinished").mkdir()
     (tmp_path / "unfinished" / "metrics.jsonl").write_text("{}\n")
-    columns, rows = summarize(load_runs(tmp_path))
-    assert [r["head"] for r in rows] == ["softmax", "sigsoftmax"]
-    assert rows[0]["test_ppl_mean"] == 70.25 and rows[0]["test_ppl_std"] is None and rows[0]["n_seeds"] == 1
-    assert not any(c.startswith("rank_") or c.startswith("kl") for c in columns)
+    frame = summarize(load_runs(tmp_path))
+    assert list(frame["head"]) == ["softmax", "sigsoftmax"]
+    assert frame["test_ppl_mean"][0] == 70.25 and pd.isna(frame["test_ppl_std"][0]) and frame["n_seeds"][0] == 1
+    assert frame["test_ppl_diff_vs_softmax"][1] == 68.5 - 70.25 and pd.isna(frame["test_ppl_welch_p"][1])  # one seed: no test
+    assert not any(c.startswith("rank_") or c.startswith("kl") for c in frame.columns)
     out = write_summary(tmp_path)
     assert "| softmax | 8 | 1,008 | 71.75 | 70.25 | 1 |" in out["markdown"].read_text()
     assert sorted(p.name for p in out["plots"]) == ["test-ppl-toy-awd_lstm.png", "valid-ppl-toy-awd_lstm.png"]
