@@ -248,9 +248,11 @@ def group_runs(runs: list[dict]) -> tuple[list[str], list[dict]]:
         ident = (r.get("dataset"), r.get("body"), r.get("head"), run["d"], json.dumps(sizes, sort_keys=True))
         groups.setdefault(ident, {"dataset": r.get("dataset"), "body": r.get("body"), "head": r.get("head"),
                                   "d": run["d"], "sizes": sizes, "runs": []})["runs"].append(run)
+    determined = head_determined_keys(list(groups.values()), keys)
+    setting = [k for k in keys if not k.startswith("head.") and k not in determined]
     ordered = sorted(groups.values(), key=lambda g: (
-        str(g["dataset"]), str(g["body"]), [_sort_value(g["sizes"][k]) for k in keys if not k.startswith("head.")],
-        _sort_value(g["d"]), _head_rank(g["head"]), [_sort_value(g["sizes"][k]) for k in keys if k.startswith("head.")]))
+        str(g["dataset"]), str(g["body"]), [_sort_value(g["sizes"][k]) for k in setting], _sort_value(g["d"]),
+        _head_rank(g["head"]), [_sort_value(g["sizes"][k]) for k in keys if k not in setting]))
     for group in ordered:
         group["runs"].sort(key=lambda run: (run["result"].get("seed") or 0, str(run["dir"])))
     return keys, ordered
@@ -354,7 +356,7 @@ def _typical(values: list) -> Any:
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     """Rows as a DataFrame with nullable column types (integers stay integers beside missing values)."""
-    frame = pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns, dtype=object)
     for column in columns:
         values = [v for v in frame[column] if v is not None and not (isinstance(v, float) and math.isnan(v))]
         if values and all(isinstance(v, bool) for v in values):
@@ -363,6 +365,8 @@ def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
             frame[column] = frame[column].astype("Int64")
         elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             frame[column] = frame[column].astype("Float64")
+        elif values and all(isinstance(v, str) for v in values):
+            frame[column] = frame[column].astype("string")
         elif not values and column.endswith(("_mean", "_std", "_low", "_high", "_p", "_softmax")):
             frame[column] = frame[column].astype("Float64")
     return frame
@@ -734,7 +738,7 @@ def _figure(n_panels: int, width: float = 4.6, height: float = 3.6):
     with plt.rc_context({"font.size": 9}):
         fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows + 0.8), squeeze=False)
     for extra in axes.flat[n_panels:]:
-        extra.set_visible(False)
+        extra.remove()  # an empty grid cell: no axes at all
     return fig, list(axes.flat[:n_panels])
 
 

@@ -180,3 +180,215 @@ def test_damaged_run_file_is_one_sentence(tmp_path):
     (run_dir / "rank.json").write_text("{not json")
     with pytest.raises(UserError, match="rank.json is not valid JSON"):
         write_summary(tmp_path)
+
+
+# --- the study's statistics and plots on a study-like fixture ---------------------------------------------
+
+STUDY_PPL = {  # (head, d, K) -> test perplexity per seed; d is the output embedding size
+    ("softmax", 16, None): [300.0, 310.0, 305.0], ("softmax", 32, None): [200.0, 204.0, 199.0],
+    ("softmax", 64, None): [150.0, 149.0, 153.5],
+    ("mos", 16, 5): [250.0, 262.0, 255.0], ("mos", 32, 5): [180.0, 186.0, 178.0], ("mos", 64, 5): [145.0, 147.0, 146.0],
+    ("mos", 32, 1): [230.0, 228.0],  # the matched-body control, two seeds
+    ("r_softmax", 16, None): [9.0e5, 1.1e6, 1.3e6], ("r_softmax", 32, None): [7.0e5, 8.0e5, 6.0e5],
+}
+
+
+def study_run(root: Path, head: str, d: int, k: int | None, seed: int, test_ppl: float) -> Path:
+    """A run folder as the study's trainer writes it: output_embedding_size, the body's input size apart,
+    per-head learning rates and valid_subset lines with tokens and seconds."""
+    name = f"awd_lstm-ptb-{head}-s{seed}-d_embedding{d}" + (f"-n_components{k}" if k else "")
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    lr = {"softmax": 20.0, "mos": 10.0, "r_softmax": 5.0}[head]
+    config = {"data": {"name": "ptb", "path": "/local/ptb"}, "run": {"output_dir": str(root), "name": name},
+              "model": {"body": "awd_lstm", "d_embedding": d, "d_hidden": 256, "d_last": None, "tie_weights": True},
+              "head": {"name": head, "n_components": k or 5, "r": 0.5},
+              "train": {"seed": seed, "lr": lr, "epochs": 1, "max_steps": 600}}
+    result = {"run": name, "body": "awd_lstm", "head": head, "dataset": "ptb", "seed": seed, "val_ppl": test_ppl * 1.05,
+              "test_ppl": test_ppl, "n_params": 10_000 + d, "output_embedding_size": d,
+              "head_input_size": d if head == "softmax" else 256, "training_tokens": 420_000, "steps": 600,
+              "tokens_per_second": 5000.0, "wall_time_s": 100.0, "git_commit": "f" * 40, "git_dirty": False,
+              "test_zero_target_fraction": 0.4 if head == "r_softmax" else 0.0, "config": config}
+    (run_dir / "result.json").write_text(json.dumps(result))
+    slow = {"softmax": 1.0, "mos": 3.0, "r_softmax": 1.5}[head]
+    lines = [{"event": "valid_subset", "epoch": 1, "step": step, "tokens": step * 700 + seed, "train_time_s": step * 0.1 * slow,
+              "wall_time_s": step * 0.12 * slow, "val_loss": 0.0, "val_ppl": test_ppl * (1 + 100 / step), "subset_tokens": 5000}
+             for step in (100, 200, 300, 400, 500, 600)]
+    lines.append({"event": "valid", "epoch": 1, "step": 600, "tokens": 420_000, "train_time_s": 60.0 * slow,
+                  "wall_time_s": 80.0 * slow, "val_loss": 0.0, "val_ppl": test_ppl * 1.05})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rank_value = d + 2 if head == "softmax" else 40 * d
+    (run_dir / "rank.json").write_text(json.dumps({
+        "rank": {"nr": rank_value, "numpy": rank_value}, "max_rank": 5000, "n_rows": 5000, "split": "valid",
+        "embedding": {"shape": [10000, d]}, "singular_values": spectrum(200, min(rank_value, 200)), "effective_rank": 3.0}))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study") / "results"
+    for (head, d, k), values in STUDY_PPL.items():
+        for seed, value in enumerate(values, 1):
+            study_run(root, head, d, k, seed, value)
+    return root
+
+
+def t_quantile_975_two_dof() -> float:
+    """The 97.5% quantile of Student's t with 2 degrees of freedom, in closed form: F(t) = 1/2 + t / (2 sqrt(2 + t^2))."""
+    return math.sqrt(2 * 0.95 ** 2 / (1 - 0.95 ** 2))
+
+
+def welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Difference of means and the two-sided Welch p-value from the textbook formulas (t CDF via the
+    regularized incomplete beta function)."""
+    from scipy.special import betainc
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    t = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return statistics.fmean(a) - statistics.fmean(b), betainc(dof / 2, 0.5, dof / (dof + t * t))
+
+
+def test_statistics_equal_hand_computed_values(study):
+    frame = summarize(load_runs(study))
+    assert frame.attrs["varying_keys"] == ["model.d_embedding", "head.n_components", "train.lr"]
+    assert frame.attrs["compared_on"] == ["dataset", "body", "d", "model.d_embedding"]  # lr is fixed per head: not matched
+    rows = {(r["head"], r["d"], None if pd.isna(r["n_components"]) else r["n_components"]): r for _, r in frame.iterrows()}
+    assert set(rows) == set(STUDY_PPL) and len(frame) == len(STUDY_PPL)
+    for key, values in STUDY_PPL.items():
+        row = rows[key]
+        n = len(values)
+        mean = sum(values) / n
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        assert row["n_seeds"] == n and math.isclose(row["test_ppl_mean"], mean, rel_tol=1e-12)
+        assert math.isclose(row["test_ppl_std"], std, rel_tol=1e-12)
+        if n == 3:
+            half = t_quantile_975_two_dof() * std / math.sqrt(3)
+            assert math.isclose(row["test_ppl_ci95_low"], mean - half, rel_tol=1e-9)
+            assert math.isclose(row["test_ppl_ci95_high"], mean + half, rel_tol=1e-9)
+        head, d, _ = key
+        if head == "softmax":
+            assert pd.isna(row["test_ppl_diff_vs_softmax"]) and pd.isna(row["test_ppl_welch_p"])
+        else:  # against softmax at the same d, whatever the head's K or learning rate
+            diff, p = welch_by_hand(values, STUDY_PPL[("softmax", d, None)])
+            assert math.isclose(row["test_ppl_diff_vs_softmax"], diff, rel_tol=1e-12)
+            assert math.isclose(row["test_ppl_welch_p"], p, rel_tol=1e-6) and 0 < p < 1
+    # two seeds have a confidence interval too: t(0.975, 1) = tan(0.475 pi)
+    control = STUDY_PPL[("mos", 32, 1)]
+    half = math.tan(0.475 * math.pi) * statistics.stdev(control) / math.sqrt(2)
+    assert math.isclose(rows[("mos", 32, 1)]["test_ppl_ci95_high"], statistics.fmean(control) + half, rel_tol=1e-9)
+    # d is the output embedding size, not the body's output (256 for the mixtures)
+    assert sorted(set(frame["d"])) == [16, 32, 64] and frame["d"].dtype == "Int64"
+    # head options a head does not take are empty, not the config's unused value
+    assert frame[frame["head"] == "softmax"]["n_components"].isna().all()
+
+
+def test_summary_files_carry_the_statistics(study, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(study, root)
+    out = write_summary(root, command="softmax-bench plot copy")
+    rows = read_csv(out["csv"])
+    frame = out["frame"]
+    assert [r["head"] for r in rows] == list(frame["head"])
+    first_mos = next(r for r in rows if r["head"] == "mos")
+    assert float(first_mos["test_ppl_welch_p"]) == frame[frame["head"] == "mos"]["test_ppl_welch_p"].iloc[0]
+    assert first_mos["n_components"] == "5" and first_mos["d"] == "16"  # integers stay integers beside empty cells
+    data = json.loads(out["json"].read_text())
+    assert data["columns"] == list(frame.columns) and data["summary_code"]["git_commit"]
+    assert data["rows"][0]["n_components"] is None and data["rows"][0]["test_ppl_welch_p"] is None
+    md = out["markdown"].read_text()
+    assert "Welch's t-test" in md and "test ppl 95% CI" in md and "(p = " in md
+    assert "| head | d_embedding | n_components | lr | d | parameters |" in md and "| mos | 32 | 1 | 10.00 | 32 |" in md
+    assert "None" not in out["tables"]
+
+
+def all_text(figure) -> str:
+    texts = [figure._suptitle.get_text() if figure._suptitle else ""]
+    for ax in figure.axes:
+        texts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), *ax.get_legend_handles_labels()[1]]
+        texts += [t.get_text() for t in ax.texts]
+    for legend in figure.legends:
+        texts += [t.get_text() for t in legend.get_texts()]
+    return "\n".join(texts)
+
+
+def test_study_plots_have_the_expected_series(study, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from lm.summary import figures, save_figure
+
+    made = dict(figures(load_runs(study)))
+    assert sorted(made) == [f"{name}-ptb-awd_lstm.png" for name in
+                            ("rank-vs-d", "spectrum", "test-ppl-vs-d", "valid-ppl", "valid-vs-time", "valid-vs-tokens")]
+    for name, figure in made.items():
+        text = all_text(figure)
+        assert "Penn Treebank" in text and "AWD-LSTM" in text and "420 thousand training tokens (600 steps)" in text, name
+        for internal in ("None", "max_steps", "d_embedding", "n_components", "r_softmax", "awd_lstm", "d + 1"):
+            assert internal not in text, (name, internal)
+
+    # test perplexity against d: log-log; softmax, MoS and MoS with K = 1 in one panel, r-softmax in its own
+    dense, sparse = made["test-ppl-vs-d-ptb-awd_lstm.png"].axes
+    assert dense.get_xscale() == "log" and dense.get_yscale() == "log" and sparse.get_yscale() == "log"
+    handles, labels = dense.get_legend_handles_labels()
+    assert labels == ["softmax", "MoS (K = 1)", "MoS (K = 5)"]
+    assert sparse.get_legend_handles_labels()[1] == ["r-softmax"] and "sparse head" in sparse.get_title()
+    softmax_line = handles[0].lines[0]
+    assert list(softmax_line.get_xdata()) == [16, 32, 64]
+    assert list(softmax_line.get_ydata()) == [statistics.fmean(STUDY_PPL[("softmax", d, None)]) for d in (16, 32, 64)]
+    assert list(handles[1].lines[0].get_xdata()) == [32]
+
+    # rank against d with the softmax bound at d + 2
+    (ax,) = made["rank-vs-d-ptb-awd_lstm.png"].axes
+    bound = next(line for line in ax.get_lines() if line.get_label() == "softmax bound d + 2")
+    assert list(bound.get_xdata()) == [16, 32, 64] and list(bound.get_ydata()) == [18, 34, 66]
+
+    # spectra: one panel per d, the dashed line at d + 2
+    spectra = made["spectrum-ptb-awd_lstm.png"].axes
+    assert [a.get_title() for a in spectra] == ["d = 16", "d = 32", "d = 64"]
+    for a, d in zip(spectra, (16, 32, 64)):
+        verticals = [line for line in a.get_lines() if line.get_label() == "softmax bound d + 2"]
+        assert [line.get_xdata()[0] for line in verticals] == [d + 2]
+
+    # validation against tokens and seconds: mean over seeds at each evaluation; sparse heads apart
+    tokens = made["valid-vs-tokens-ptb-awd_lstm.png"].axes
+    assert [a.get_title() for a in tokens] == ["d = 16", "d = 16; r-softmax (sparse head, smoothed)", "d = 32",
+                                              "d = 32; r-softmax (sparse head, smoothed)", "d = 64"]
+    line = next(l for l in tokens[0].get_lines() if l.get_label() == "softmax")
+    assert list(line.get_xdata()) == [step * 700 + 2 for step in (100, 200, 300, 400, 500, 600)]  # mean of seeds 1..3
+    assert math.isclose(line.get_ydata()[0], statistics.fmean(STUDY_PPL[("softmax", 16, None)]) * 2)
+    seconds = made["valid-vs-time-ptb-awd_lstm.png"].axes[0]
+    mos = next(l for l in seconds.get_lines() if l.get_label() == "MoS")
+    assert math.isclose(mos.get_xdata()[-1], 600 * 0.1 * 3.0) and seconds.get_yscale() == "log"
+    assert "training time" in seconds.get_xlabel()
+
+    for name, figure in made.items():
+        path = save_figure(figure, tmp_path / name)
+        assert_png(path)
+    plt.close("all")
+
+
+def test_api_summarize_returns_a_dataframe(study):
+    from lm.api import summarize as api_summarize
+
+    frame = api_summarize(study)
+    assert isinstance(frame, pd.DataFrame) and len(frame) == len(STUDY_PPL)
+    assert {"test_ppl_mean", "test_ppl_ci95_low", "test_ppl_welch_p", "n_seeds"} <= set(frame.columns)
+    per_run = api_summarize(study, per_run=True)
+    assert len(per_run) == sum(len(v) for v in STUDY_PPL.values()) and set(per_run["seed"]) == {1, 2, 3}
+    with pytest.raises(UserError, match="does not exist"):
+        api_summarize(study / "missing")
+
+
+def test_d_of_older_run_files(tmp_path):
+    from lm.summary import output_embedding_size
+
+    tied = {"model": {"body": "awd_lstm", "d_embedding": 128, "d_hidden": 256, "d_last": None, "tie_weights": True},
+            "head": {"name": "mos", "d_latent": None}}
+    # a tied MoS reads the 256-wide last layer but its output embedding is the 128-wide input embedding
+    assert output_embedding_size({"head_input_size": 256, "config": tied}) == (128, "output embedding size")
+    assert output_embedding_size({"head_input_size": 256, "config": tied}, {"embedding": {"shape": [900, 96]}})[0] == 96
+    assert output_embedding_size({"output_embedding_size": 64, "head_input_size": 256, "config": tied})[0] == 64
+    softmax = {"model": tied["model"], "head": {"name": "softmax"}}
+    assert output_embedding_size({"head_input_size": 128, "config": softmax}) == (128, "output embedding size")
