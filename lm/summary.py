@@ -543,12 +543,13 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
         if sparse:
             header.append("zero-prob targets")
         header += ["tokens/s", "wall time (s)"]
-        common = "Every row: " + ", ".join(f"{c} {_fmt(part[c].iloc[0])}" for c in same) + "." if same else ""
+        common = "Every row: " + ", ".join(f"{c} {'-' if _missing(part[c].iloc[0]) else value_words(part[c].iloc[0])}"
+                                           for c in same) + "." if same else ""
         lines = ([f"### {dataset} ({body})", "", *([common, ""] if common else [])] if headings else []) + [
             "| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
         digits = _kl_digits(part)
         for _, r in part.iterrows():
-            cells = [str(r["head"]), *[_fmt(r[c]) for c in size_columns], _fmt(r["d"]), _fmt(r["n_params"]),
+            cells = [str(r["head"]), *["-" if _missing(r[c]) else value_words(r[c]) for c in size_columns], _fmt(r["d"]), _fmt(r["n_params"]),
                      _spread(r["val_ppl_mean"], r["val_ppl_std"]), _spread(r["test_ppl_mean"], r["test_ppl_std"]),
                      str(r["n_seeds"]), _interval(r["test_ppl_ci95_low"], r["test_ppl_ci95_high"]),
                      _versus(r["test_ppl_diff_vs_softmax"], r["test_ppl_welch_p"])]
@@ -589,6 +590,8 @@ def key_words(key: str) -> str:
 
 
 def value_words(value: Any) -> str:
+    if hasattr(value, "item"):
+        value = value.item()
     if value is None:
         return "default"
     if isinstance(value, float):
@@ -671,28 +674,39 @@ def _series_keys(groups: list[dict], keys: list[str]) -> dict[str, list[str]]:
     return found
 
 
-def _series(groups: list[dict], keys: list[str]) -> list[tuple[str, tuple, list[dict]]]:
-    """(label, style, groups) of every line: a head, or a head at one value of its varying options."""
-    options = _series_keys(groups, keys)
+def _series(groups: list[dict], keys: list[str], scope: list[dict] | None = None) -> list[tuple[str, tuple, list[dict]]]:
+    """(label, style, groups) of every line among ``groups``: a head, or a head at one value of the options
+    that vary within it. Labels and styles come from ``scope`` (all groups of the figure, default
+    ``groups``), so a line looks the same in every panel; a head's line with the most points gets the
+    head's own style, its other lines the head's colour with other markers and dashes."""
+    scope = groups if scope is None else scope
+    options = _series_keys(scope, keys)
+
+    def ident(group: dict) -> tuple:
+        return group["head"], tuple(json.dumps(group["sizes"][k], sort_keys=True) for k in options[group["head"]])
+
     lines: dict[tuple, list[dict]] = {}
-    for group in groups:
-        ident = (group["head"], tuple(json.dumps(group["sizes"][k], sort_keys=True) for k in options[group["head"]]))
-        lines.setdefault(ident, []).append(group)
+    for group in scope:
+        lines.setdefault(ident(group), []).append(group)
     ordered = sorted(lines.items(), key=lambda item: (_head_rank(item[0][0]),
                                                       [_sort_value(item[1][0]["sizes"][k]) for k in options[item[0][0]]]))
-    result = []
-    seen: dict[str, int] = {}
-    for (head, _), members in ordered:
-        label = head_words(head)
-        if options[head]:
-            label += f" ({_setting_words(members[0]['sizes'], options[head])})"
+    styles: dict[tuple, tuple] = {}
+    for head in dict.fromkeys(key[0] for key, _ in ordered):
+        mine = sorted([(key, members) for key, members in ordered if key[0] == head], key=lambda item: -len(item[1]))
         color, marker, line = head_style(head)
-        extra = seen.get(head, 0)
-        seen[head] = extra + 1
-        if extra:  # another line of the same head: same colour, other marker and dashes
-            index = head_order().index(head) + extra if head in head_order() else extra
-            marker, line = MARKERS[(index + 3) % len(MARKERS)], LINESTYLES[(index + 3) % len(LINESTYLES)]
-        result.append((label, (color, marker, line), sorted(members, key=lambda g: _sort_value(g["d"]))))
+        base = head_order().index(head) if head in head_order() else 0
+        for extra, (key, _) in enumerate(mine):
+            styles[key] = (color, marker, line) if extra == 0 else (
+                color, MARKERS[(base + 2 + extra) % len(MARKERS)], LINESTYLES[(base + 2 + extra) % len(LINESTYLES)])
+    wanted = {id(g) for g in groups}
+    result = []
+    for key, members in ordered:
+        members = [g for g in members if id(g) in wanted]
+        if not members:
+            continue
+        head = key[0]
+        label = head_words(head) + (f" ({_setting_words(members[0]['sizes'], options[head])})" if options[head] else "")
+        result.append((label, styles[key], sorted(members, key=lambda g: _sort_value(g["d"]))))
     return result
 
 
@@ -711,16 +725,20 @@ def _settings(groups: list[dict], keys: list[str], with_d: bool = True) -> list[
 
 
 def _split_sparse(panels: list[tuple[str, list[dict]]]) -> list[tuple[str, list[dict]]]:
-    out = []
+    """The panels of the dense heads, then those of the sparse heads (a row of their own when there are
+    three settings or fewer)."""
+    dense_panels, sparse_panels = [], []
     for label, members in panels:
         dense = [g for g in members if not is_sparse(g["head"])]
         sparse = [g for g in members if is_sparse(g["head"])]
         if dense:
-            out.append((label, dense))
+            dense_panels.append((label, dense))
         if sparse:
             words = ", ".join(dict.fromkeys(head_words(g["head"]) for g in sparse))
-            out.append(((label + "; " if label else "") + f"{words} (sparse head, smoothed)", sparse))
-    return out
+            sparse_panels.append(((label + "; " if label else "") + f"{words} (sparse head, smoothed)", sparse))
+    if sparse_panels and dense_panels and len(dense_panels) < 3 and len(dense_panels) + len(sparse_panels) > 3:
+        dense_panels += [("", [])] * (3 - len(dense_panels))  # start the sparse panels on a new row
+    return dense_panels + sparse_panels
 
 
 # --- figures ------------------------------------------------------------------------------------------
@@ -748,8 +766,8 @@ def _legend(fig, axes: list) -> None:
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(label, handle)
-    fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=min(len(entries), 5), fontsize=8,
-               frameon=False)
+    columns = min(len(entries), max(2, int(fig.get_size_inches()[0] // 1.8)))
+    fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=columns, fontsize=8, frameon=False)
 
 
 def _finish(fig, title: str) -> None:
@@ -759,7 +777,7 @@ def _finish(fig, title: str) -> None:
     width_inches, height = fig.get_size_inches()
     lines = [line for part in title.split("\n") for line in textwrap.wrap(part, width=max(40, int(width_inches * 12)))]
     fig.suptitle("\n".join(lines), fontsize=10)
-    n_legend_rows = math.ceil(len(fig.legends[0].get_texts()) / 5) if fig.legends else 0
+    n_legend_rows = math.ceil(len(fig.legends[0].get_texts()) / fig.legends[0]._ncols) if fig.legends else 0
     bottom = (0.1 + 0.22 * n_legend_rows) / height if n_legend_rows else 0.0
     top = 1.0 - max(0, len(lines) - 2) * 0.16 / height
     fig.tight_layout(rect=(0.0, bottom, 1.0, top))
@@ -785,6 +803,15 @@ def _plain_log_ticks(axis) -> None:
     axis.set_major_formatter(formatter)
     axis.set_minor_locator(LogLocator(subs=subs) if subs else LogLocator(subs=(1.0,), numticks=1))
     axis.set_minor_formatter(formatter if subs else FuncFormatter(lambda value, _: ""))
+
+
+def _count_ticks(axis) -> None:
+    """Tick labels like 250k and 1.5M on a linear axis of counts."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(nbins=5))
+    axis.set_major_formatter(FuncFormatter(
+        lambda value, _: f"{value / 1e6:g}M" if abs(value) >= 1e6 else f"{value / 1e3:g}k" if abs(value) >= 1e3 else f"{value:g}"))
 
 
 def _d_axis(ax, ds: list, label: str) -> None:
@@ -820,7 +847,10 @@ def figure_test_ppl_vs_d(groups: list[dict], keys: list[str]):
     panels = _split_sparse(_settings(groups, keys, with_d=False))
     fig, axes = _figure(len(panels))
     for ax, (label, members) in zip(axes, panels):
-        for name, (color, marker, line), series in _series(members, keys):
+        if not members:  # a placeholder that starts the next row
+            ax.remove()
+            continue
+        for name, (color, marker, line), series in _series(members, keys, groups):
             points = [(g["d"], describe([run["result"].get("test_ppl") for run in g["runs"]]), g) for g in series if g["d"] is not None]
             points = [p for p in points if p[1]["mean"] is not None]
             if not points:
@@ -849,9 +879,12 @@ def figure_test_perplexity(groups: list[dict], keys: list[str]):
     parts = _split_sparse([("", [g for _, members in panels for g in members])])
     fig, axes = _figure(len(parts), width=min(9.0, max(4.4, 0.45 * len(groups) + 2.5)))
     for ax, (part_label, members) in zip(axes, parts):
+        if not members:  # a placeholder that starts the next row
+            ax.remove()
+            continue
         settings = [(label, [g for g in panel if g in members]) for label, panel in panels]
         settings = [(label, panel) for label, panel in settings if panel]
-        lines = _series(members, keys)
+        lines = _series(members, keys, groups)
         width = 0.8 / len(lines) if len(settings) > 1 else 0.0
         for index, (name, (color, marker, _), series) in enumerate(lines):
             labelled = False
@@ -905,7 +938,10 @@ def figure_rank_vs_d(groups: list[dict], keys: list[str]):
     panels = _settings(groups, keys, with_d=False)
     fig, axes = _figure(len(panels))
     for ax, (label, members) in zip(axes, panels):
-        for series_name, (color, marker, line), series in _series(members, keys):
+        if not members:  # a placeholder that starts the next row
+            ax.remove()
+            continue
+        for series_name, (color, marker, line), series in _series(members, keys, groups):
             points = [(g["d"], describe([_rank_value(run, name) for run in g["runs"]])) for g in series if g["d"] is not None]
             points = [p for p in points if p[1]["mean"] is not None]
             if points:
@@ -955,7 +991,10 @@ def figure_validation_against(groups: list[dict], keys: list[str], x: str):
     panels = _split_sparse(_settings(groups, keys, with_d=True))
     fig, axes = _figure(len(panels))
     for ax, (label, members) in zip(axes, panels):
-        for name, (color, marker, line), series in _series(members, keys):
+        if not members:  # a placeholder that starts the next row
+            ax.remove()
+            continue
+        for name, (color, marker, line), series in _series(members, keys, groups):
             for group in series:
                 curves = [c for c in (_curve(run, x) for run in group["runs"]) if c]
                 if not curves:
@@ -969,6 +1008,8 @@ def figure_validation_against(groups: list[dict], keys: list[str], x: str):
                     ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], color=color, alpha=0.15, linewidth=0)
         ax.set_yscale("log")
         _plain_log_ticks(ax.yaxis)
+        if x == "tokens":
+            _count_ticks(ax.xaxis)
         ax.set_xlabel("training tokens" if x == "tokens" else "training time (seconds, wall clock)")
         ax.set_ylabel("validation perplexity, log scale")
         if label:
@@ -990,7 +1031,10 @@ def figure_validation_curves(groups: list[dict], keys: list[str]):
     panels = _split_sparse(_settings(groups, keys, with_d=True))
     fig, axes = _figure(len(panels))
     for ax, (label, members) in zip(axes, panels):
-        for name, (color, marker, line), series in _series(members, keys):
+        if not members:  # a placeholder that starts the next row
+            ax.remove()
+            continue
+        for name, (color, marker, line), series in _series(members, keys, groups):
             for group in series:
                 by_epoch: dict[int, list[float]] = {}
                 for run in group["runs"]:
@@ -1038,8 +1082,11 @@ def figure_spectra(groups: list[dict], keys: list[str]):
         return None
     fig, axes = _figure(len(panels))
     for ax, (label, members) in zip(axes, panels):
+        if not members:  # a placeholder that starts the next row
+            ax.remove()
+            continue
         floor = 1.0
-        for name, (color, _, line), series in _series(members, keys):
+        for name, (color, _, line), series in _series(members, keys, groups):
             for group in series:
                 run = group["runs"][0]
                 values = sorted(_singular_values(run), reverse=True)

@@ -300,7 +300,7 @@ def test_summary_files_carry_the_statistics(study, tmp_path):
     assert data["rows"][0]["n_components"] is None and data["rows"][0]["test_ppl_welch_p"] is None
     md = out["markdown"].read_text()
     assert "Welch's t-test" in md and "test ppl 95% CI" in md and "(p = " in md
-    assert "| head | d_embedding | n_components | lr | d | parameters |" in md and "| mos | 32 | 1 | 10.00 | 32 |" in md
+    assert "| head | d_embedding | n_components | lr | d | parameters |" in md and "| mos | 32 | 1 | 10 | 32 |" in md
     assert "None" not in out["tables"]
 
 
@@ -353,13 +353,17 @@ def test_study_plots_have_the_expected_series(study, tmp_path):
 
     # validation against tokens and seconds: mean over seeds at each evaluation; sparse heads apart
     tokens = made["valid-vs-tokens-ptb-awd_lstm.png"].axes
-    assert [a.get_title() for a in tokens] == ["d = 16", "d = 16; r-softmax (sparse head, smoothed)", "d = 32",
-                                              "d = 32; r-softmax (sparse head, smoothed)", "d = 64"]
+    assert [a.get_title() for a in tokens] == ["d = 16", "d = 32", "d = 64", "d = 16; r-softmax (sparse head, smoothed)",
+                                              "d = 32; r-softmax (sparse head, smoothed)"]
+    # a line has one label and style in every panel (MoS at K = 5 is "MoS (K = 5)" at d = 16 too)
+    assert [l.get_label() for l in tokens[0].get_lines()] == ["softmax", "MoS (K = 5)"]
+    styles = {(l.get_label(), l.get_color(), l.get_marker(), str(l.get_linestyle())) for a in tokens for l in a.get_lines()}
+    assert len(styles) == len({s[0] for s in styles}) == 4
     line = next(l for l in tokens[0].get_lines() if l.get_label() == "softmax")
     assert list(line.get_xdata()) == [step * 700 + 2 for step in (100, 200, 300, 400, 500, 600)]  # mean of seeds 1..3
     assert math.isclose(line.get_ydata()[0], statistics.fmean(STUDY_PPL[("softmax", 16, None)]) * 2)
     seconds = made["valid-vs-time-ptb-awd_lstm.png"].axes[0]
-    mos = next(l for l in seconds.get_lines() if l.get_label() == "MoS")
+    mos = next(l for l in seconds.get_lines() if l.get_label() == "MoS (K = 5)")
     assert math.isclose(mos.get_xdata()[-1], 600 * 0.1 * 3.0) and seconds.get_yscale() == "log"
     assert "training time" in seconds.get_xlabel()
 
