@@ -396,3 +396,77 @@ def test_d_of_older_run_files(tmp_path):
     assert output_embedding_size({"output_embedding_size": 64, "head_input_size": 256, "config": tied})[0] == 64
     softmax = {"model": tied["model"], "head": {"name": "softmax"}}
     assert output_embedding_size({"head_input_size": 128, "config": softmax}) == (128, "output embedding size")
+
+
+README = """# A project
+
+Intro text stays.
+
+<!-- table:results/study#ptb -->
+old PTB table, typed by hand
+<!-- /table:results/study#ptb -->
+
+Between the tables.
+
+<!-- table:results/study -->
+<!-- /table:results/study -->
+
+<!-- table:results/other -->
+left alone by plot --readme results/study
+<!-- /table:results/other -->
+"""
+
+
+def test_readme_tables_come_from_the_summary(study, tmp_path, capsys):
+    import argparse
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path / "repo"
+    shutil.copytree(study, root / "results" / "study")
+    readme = root / "README.md"
+    readme.write_text(README)
+    parser = argparse.ArgumentParser()
+    plot_command.add_arguments(parser)
+    assert plot_command.run(parser.parse_args([str(root / "results" / "study"), "--readme", str(readme)])) == 0
+    assert f"{readme}: results/study#ptb, results/study updated" in capsys.readouterr().out
+    text = readme.read_text()
+    frame = summarize(load_runs(root / "results" / "study"))
+    softmax16 = frame[(frame["head"] == "softmax") & (frame["d"] == 16)].iloc[0]
+    block = text.split("<!-- table:results/study#ptb -->")[1].split("<!-- /table:results/study#ptb -->")[0]
+    assert "typed by hand" not in block and "### " not in block  # one corpus: no heading
+    assert f"| softmax | 16 | - | 20 | 16 | 10,016 | {softmax16['val_ppl_mean']:,.2f} ± {softmax16['val_ppl_std']:,.2f} |" in block
+    assert "### ptb (awd_lstm)" not in text.split("<!-- table:results/study -->")[1]  # one block: no heading either
+    assert text.startswith("# A project\n\nIntro text stays.\n") and "\nBetween the tables.\n" in text
+    assert "left alone by plot --readme results/study" in text
+    # The script: every marker; results/other has no summary -> one sentence, exit 2, file unchanged.
+    script = [sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "readme_tables.py")]
+    done = subprocess.run([*script, str(readme)], capture_output=True, text=True)
+    assert done.returncode == 2 and "results/other/summary.json does not exist" in done.stderr.replace(str(root) + "/", "")
+    assert "Traceback" not in done.stderr and readme.read_text() == text
+    readme.write_text(text.replace(text[text.index("<!-- table:results/other -->"):], ""))
+    done = subprocess.run([*script, str(readme), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0 and "up to date" in done.stdout
+    readme.write_text(readme.read_text().replace("| softmax | 16 |", "| softmax | 17 |"))  # a hand edit
+    done = subprocess.run([*script, str(readme), "--check"], capture_output=True, text=True)
+    assert done.returncode == 1 and "out of date" in done.stdout
+    assert subprocess.run([*script, str(readme)], capture_output=True, text=True).returncode == 0
+    assert "| softmax | 17 |" not in readme.read_text()
+
+
+def test_readme_marker_errors_are_one_sentence(study, tmp_path):
+    from lm.readme import update_readme
+
+    shutil_copy = __import__("shutil").copytree
+    shutil_copy(study, tmp_path / "study")
+    write_summary(tmp_path / "study")
+    readme = tmp_path / "README.md"
+    for text, message in [("<!-- table:study -->\nno end\n", "has no closing <!-- /table:study -->"),
+                          ("<!-- table:study#wikitext-2 -->\n<!-- /table:study#wikitext-2 -->\n",
+                           "has no runs on corpus wikitext-2; it has: ptb")]:
+        readme.write_text(text)
+        with pytest.raises(UserError, match=message):
+            update_readme(readme)
+    with pytest.raises(UserError, match="does not exist"):
+        update_readme(tmp_path / "missing.md")
