@@ -970,15 +970,15 @@ def _curve(run: dict, x: str) -> list[tuple[float, float]]:
     """(x, validation perplexity) of a run's ``valid_subset`` evaluations (else its per-epoch ones); ``x``
     is ``tokens`` or ``time`` (training seconds, else wall-clock seconds)."""
     for event in ("valid_subset", "valid"):
-        points = []
+        points: dict[tuple, tuple[float, float]] = {}  # a resumed run logs some steps again: the last line wins
         for record in run["metrics"]:
             if record.get("event") != event or not isinstance(record.get("val_ppl"), (int, float)):
                 continue
             value = record.get("tokens") if x == "tokens" else record.get("train_time_s", record.get("wall_time_s"))
             if isinstance(value, (int, float)):
-                points.append((float(value), float(record["val_ppl"])))
+                points[(record.get("epoch") or 0, record.get("step") or 0)] = (float(value), float(record["val_ppl"]))
         if points:
-            return points
+            return [points[key] for key in sorted(points)]
     return []
 
 
@@ -1038,9 +1038,10 @@ def figure_validation_curves(groups: list[dict], keys: list[str]):
             for group in series:
                 by_epoch: dict[int, list[float]] = {}
                 for run in group["runs"]:
-                    for record in run["metrics"]:
-                        if record.get("event") == "valid" and isinstance(record.get("val_ppl"), (int, float)):
-                            by_epoch.setdefault(record["epoch"], []).append(record["val_ppl"])
+                    last = {record["epoch"]: record["val_ppl"] for record in run["metrics"]  # resumed: the last line
+                            if record.get("event") == "valid" and isinstance(record.get("val_ppl"), (int, float))}
+                    for epoch, value in last.items():
+                        by_epoch.setdefault(epoch, []).append(value)
                 if not by_epoch:
                     continue
                 epochs = sorted(by_epoch)

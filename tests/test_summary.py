@@ -470,3 +470,20 @@ def test_readme_marker_errors_are_one_sentence(study, tmp_path):
             update_readme(readme)
     with pytest.raises(UserError, match="does not exist"):
         update_readme(tmp_path / "missing.md")
+
+
+def test_a_resumed_run_counts_each_evaluation_once(tmp_path):
+    from lm.summary import figure_validation_against, group_runs
+
+    run_dir = study_run(tmp_path, "softmax", 16, None, 1, 300.0)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    # killed after step 400, resumed from the step-300 checkpoint: steps 400.. are logged again, a bit different
+    again = [json.loads(line) for line in lines if json.loads(line).get("step", 0) >= 400 and "subset_tokens" in line]
+    for record in again:
+        record["val_ppl"] *= 0.99
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines[:4] + [json.dumps(r) for r in again] + lines[-1:]) + "\n")
+    keys, groups = group_runs(load_runs(tmp_path))
+    figure = figure_validation_against(groups, keys, "tokens")
+    (line,) = figure.axes[0].get_lines()
+    assert list(line.get_xdata()) == [step * 700 + 1 for step in (100, 200, 300, 400, 500, 600)]
+    assert line.get_ydata()[3] == 300.0 * (1 + 100 / 400) * 0.99  # the line logged after the resume counts
