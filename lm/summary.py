@@ -825,7 +825,9 @@ def _d_axis(ax, ds: list, label: str) -> None:
 def _title(what: str, groups: list[dict]) -> str:
     first = groups[0]
     budget = budget_words(groups)
-    return f"{what}\n{corpus_words(first['dataset'])}, {body_words(first['body'])}" + (f"; {budget}" if budget else "")
+    ds = {g["d"] for g in groups}
+    one_d = f", d = {value_words(ds.pop())}" if len(ds) == 1 and None not in ds else ""
+    return f"{what}\n{corpus_words(first['dataset'])}, {body_words(first['body'])}{one_d}" + (f"; {budget}" if budget else "")
 
 
 def _seed_words(groups: list[dict]) -> str:
@@ -1232,7 +1234,10 @@ def write_summary(results_dir: str | Path, command: str | None = None) -> dict:
         "vs softmax: mean test perplexity minus that of the softmax head at the same corpus, d and settings "
         "(head options aside), with the two-sided p-value of Welch's t-test (none below two seeds a side). "
         "Rank: numerical rank of the log-probability matrix at each tolerance of the rank report (mean over seeds). "
-        f"{d_words[0].upper() + d_words[1:]}; a softmax head's log-prob matrix has rank at most d + 2 (d + 1 without an output bias)."
+        + ("d: the width of the head's output embedding" if d_words == "d (output embedding size)" else
+           "d: the size of the hidden vector the head receives" if d_words == "d (head input size)" else
+           "d: the width of the head's output embedding (older runs: the size of the hidden vector it receives)")
+        + "; a softmax head's log-prob matrix has rank at most d + 2 (d + 1 without an output bias)."
         + (" KL: KL(P* || P_model) from the true next-token distribution, nats per token." if "kl_mean" in frame.columns else ""),
         "",
         tables,
