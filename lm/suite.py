@@ -45,7 +45,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
-import inspect
 import itertools
 import json
 import os
@@ -409,23 +408,12 @@ def prepare_synth(suite: Suite) -> Path | None:
 # --- cells ---------------------------------------------------------------------------------------------
 
 
-def head_takes(head: str, key: str) -> bool:
-    """Whether the head class ``head`` takes the option of the config key ``head.X`` (any other key: True)."""
-    section, _, option = key.rpartition(".")
-    if section != "head" or option == "name":
-        return True
-    from lm.heads import HEADS
-
-    if head not in HEADS:
-        return True  # load_config reports the unknown head
-    parameters = inspect.signature(HEADS[head].__init__).parameters
-    return option in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
-
 def _cell_name(config: ExperimentConfig, point: dict[str, Any], keys: list[str]) -> str | None:
     """A run folder name that tells cells apart when the grids vary keys the default name lacks: the
     default name and every such key of any grid (``keys``) with this cell's value, leaving out head options
     that its head does not take."""
+    from lm.summary import head_takes
+
     extra = [k for k in keys if k != "base" and k not in NAMED_KEYS and head_takes(config.head.name, k)]
     if not extra:
         return None
@@ -450,6 +438,8 @@ def expand(suite: Suite) -> list[Cell]:
     Cells of several grids that resolve to the same config are listed once (the first); two different
     configs that would share a run folder are an error.
     """
+    from lm.summary import head_takes  # one definition of a head's options for suites and tables
+
     corpus = synth_dir(suite)
     keys = suite.grid_keys()
     cells: list[Cell] = []

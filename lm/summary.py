@@ -84,7 +84,8 @@ def is_sparse(head: str) -> bool:
 
 
 def head_takes(head: str, key: str) -> bool:
-    """Whether head ``head`` takes the option of config key ``head.X`` (every other key: True)."""
+    """Whether head ``head`` takes the option of config key ``head.X`` (every other key, and any key of an
+    unknown head: True); a head's options are the parameters of its ``__init__``."""
     section, _, option = key.rpartition(".")
     cls = _registry().get(head)
     if section != "head" or option == "name" or cls is None:
@@ -139,7 +140,8 @@ def head_input_size(config: dict) -> int | None:
     if m.get("d_last") is not None:
         return m["d_last"]
     head = _registry().get(config.get("head", {}).get("name"))
-    tied_direct = m.get("tie_weights") and head is not None and head.logits_affine
+    reads_body = getattr(head, "decoder_reads_body", getattr(head, "logits_affine", False))  # older registries
+    tied_direct = m.get("tie_weights") and head is not None and reads_body
     return m.get("d_embedding") if tied_direct else m.get("d_hidden")
 
 
