@@ -27,7 +27,9 @@ Figures (``RESULTS/plots/``, 150 dpi, one set per corpus and body; heads in regi
 - ``valid-ppl-*.png``: validation perplexity per epoch per head;
 - ``spectrum-*.png``: normalized singular values s_i / s_1 of the log-prob matrix, log scale, a dashed
   line at d + 2 (the rank bound of a softmax head with output embedding size d and a bias);
-- ``kl-vs-d-*.png``: for ground-truth runs, KL(P* || P_model) against d per head.
+- ``kl-vs-d-*.png``: for ground-truth runs, KL(P* || P_model) against d per head;
+- ``sweeps-*.png``: test perplexity and rank against a head option swept at one d (MoS's K, r-softmax's r),
+  with the softmax head at that d.
 """
 
 from __future__ import annotations
@@ -1149,6 +1151,78 @@ def figure_kl_vs_d(groups: list[dict], keys: list[str]):
     return fig
 
 
+def _sweeps(groups: list[dict], keys: list[str]) -> list[tuple[str, str, Any, list[dict]]]:
+    """(head, option key, d, groups) of every sweep: a numeric head option with two or more values among
+    the groups of one head at one d (and one value of the other keys)."""
+    found = []
+    for head in dict.fromkeys(g["head"] for g in groups):
+        for key in [k for k in keys if k.startswith("head.") and head_takes(head, k)]:
+            others = [k for k in keys if k != key]
+            bins: dict[tuple, list[dict]] = {}
+            for group in groups:
+                value = group["sizes"][key]
+                if group["head"] == head and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    ident = (json.dumps(group["d"]), json.dumps({k: group["sizes"][k] for k in others}, sort_keys=True))
+                    bins.setdefault(ident, []).append(group)
+            for members in bins.values():
+                if len({g["sizes"][key] for g in members}) > 1:
+                    found.append((head, key, members[0]["d"], sorted(members, key=lambda g: g["sizes"][key])))
+    return found
+
+
+def figure_option_sweeps(groups: list[dict], keys: list[str]):
+    """Test perplexity (and rank, when measured) against a head option swept at one d (e.g. MoS's K, r-softmax's
+    r): mean over seeds with ± 1 s.d., the softmax head at the same d and setting as a dashed line. None
+    without such a sweep."""
+    sweeps = _sweeps(groups, keys)
+    if not sweeps:
+        return None
+    runs = [run for g in groups for run in g["runs"]]
+    name = _rank_name(runs)
+    with_rank = name is not None and any(_rank_value(run, name) is not None for _, _, _, members in sweeps
+                                         for g in members for run in g["runs"])
+    fig, axes = _figure(len(sweeps) * (2 if with_rank else 1))
+    match = comparison_keys(groups, keys)
+    for index, (head, key, d, members) in enumerate(sweeps):
+        color, marker, line = head_style(head)
+        softmax = next((g for g in groups if g["head"] == "softmax" and g["d"] == d
+                        and all(g["sizes"][k] == members[0]["sizes"][k] for k in match)), None)
+        xs = [g["sizes"][key] for g in members]
+        panels = [("test_ppl", "test perplexity, log scale")] + ([("rank", f"rank ({name} tolerance), log scale")] if with_rank else [])
+        for offset, (metric, ylabel) in enumerate(panels):
+            ax = axes[index * len(panels) + offset]
+
+            def values(group: dict) -> list:
+                return [_rank_value(run, name) if metric == "rank" else run["result"].get("test_ppl") for run in group["runs"]]
+
+            spread = [describe(values(g)) for g in members]
+            ax.errorbar(xs, [s["mean"] for s in spread], yerr=[s["std"] or 0.0 for s in spread], color=color, marker=marker,
+                        linestyle=line, linewidth=1.5, markersize=5, capsize=3, label=head_words(head))
+            if softmax is not None and describe(values(softmax))["mean"] is not None:
+                ax.axhline(describe(values(softmax))["mean"], color=head_style("softmax")[0], linestyle="--", linewidth=1.0,
+                           label=f"softmax at d = {value_words(d)}")
+            if metric == "rank" and d is not None:
+                ax.axhline(d + 2, color="gray", linestyle=":", linewidth=1.0, label="softmax bound d + 2")
+            positive = all(x > 0 for x in xs)
+            if positive and max(xs) / min(xs) >= 4:
+                ax.set_xscale("log")
+                ax.set_xticks(xs)
+                ax.set_xticklabels([value_words(x) for x in xs])
+                ax.minorticks_off()
+            else:
+                ax.set_xticks(xs)
+            ax.set_yscale("log")
+            _plain_log_ticks(ax.yaxis)
+            ax.set_xlabel(f"{key_words(key)} of {head_words(head)}" + (", log scale" if ax.get_xscale() == "log" else ""))
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{head_words(head)}, d = {value_words(d)}", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+    _legend(fig, axes)
+    _finish(fig, _title(f"Head options swept at one d (mean of {_seed_words([g for *_, m in sweeps for g in m])}, "
+                        "bars ± 1 s.d.)", groups))
+    return fig
+
+
 FIGURES = (  # file stem, figure function (None: nothing to draw)
     ("test-ppl-vs-d", figure_test_ppl_vs_d),
     ("rank-vs-d", figure_rank_vs_d),
@@ -1157,6 +1231,7 @@ FIGURES = (  # file stem, figure function (None: nothing to draw)
     ("valid-ppl", figure_validation_curves),
     ("spectrum", figure_spectra),
     ("kl-vs-d", figure_kl_vs_d),
+    ("sweeps", figure_option_sweeps),
 )
 
 
@@ -1297,4 +1372,4 @@ def read_summary(results_dir: str | Path) -> pd.DataFrame:
 __all__ = ["load_runs", "runs_frame", "summarize", "group_runs", "describe", "welch", "markdown_tables", "figures",
            "write_summary", "read_summary", "head_input_size", "output_embedding_size", "head_order", "head_style",
            "figure_test_ppl_vs_d", "figure_test_perplexity", "figure_rank_vs_d", "figure_validation_against",
-           "figure_validation_curves", "figure_spectra", "figure_kl_vs_d"]
+           "figure_validation_curves", "figure_spectra", "figure_kl_vs_d", "figure_option_sweeps"]

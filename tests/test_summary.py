@@ -321,7 +321,8 @@ def test_study_plots_have_the_expected_series(study, tmp_path):
 
     made = dict(figures(load_runs(study)))
     assert sorted(made) == [f"{name}-ptb-awd_lstm.png" for name in
-                            ("rank-vs-d", "spectrum", "test-ppl-vs-d", "valid-ppl", "valid-vs-time", "valid-vs-tokens")]
+                            ("rank-vs-d", "spectrum", "sweeps", "test-ppl-vs-d", "valid-ppl", "valid-vs-time",
+                             "valid-vs-tokens")]
     for name, figure in made.items():
         text = all_text(figure)
         assert "Penn Treebank" in text and "AWD-LSTM" in text and "420 thousand training tokens (600 steps)" in text, name
@@ -366,6 +367,15 @@ def test_study_plots_have_the_expected_series(study, tmp_path):
     mos = next(l for l in seconds.get_lines() if l.get_label() == "MoS (K = 5)")
     assert math.isclose(mos.get_xdata()[-1], 600 * 0.1 * 3.0) and seconds.get_yscale() == "log"
     assert "training time" in seconds.get_xlabel()
+
+    # the K sweep at d = 32 (the matched-body control K = 1 and K = 5) beside softmax at d = 32
+    ppl, rank = made["sweeps-ptb-awd_lstm.png"].axes
+    (sweep,) = [c for c in ppl.containers if c.get_label() == "MoS"]
+    assert list(sweep.lines[0].get_xdata()) == [1, 5]
+    assert list(sweep.lines[0].get_ydata()) == [statistics.fmean(STUDY_PPL[("mos", 32, k)]) for k in (1, 5)]
+    reference = next(l for l in ppl.get_lines() if l.get_label() == "softmax at d = 32")
+    assert reference.get_ydata()[0] == statistics.fmean(STUDY_PPL[("softmax", 32, None)])
+    assert any(l.get_label() == "softmax bound d + 2" and l.get_ydata()[0] == 34 for l in rank.get_lines())
 
     for name, figure in made.items():
         path = save_figure(figure, tmp_path / name)
