@@ -29,7 +29,9 @@ Figures (``RESULTS/plots/``, 150 dpi, one set per corpus and body; heads in regi
   line at d + 2 (the rank bound of a softmax head with output embedding size d and a bias);
 - ``kl-vs-d-*.png``: for ground-truth runs, KL(P* || P_model) against d per head;
 - ``sweeps-*.png``: test perplexity and rank against a head option swept at one d (MoS's K, r-softmax's r),
-  with the softmax head at that d.
+  with the softmax head at that d;
+- ``valid-vs-KEY-*.png``: validation perplexity against a setting swept for the same head, e.g. the
+  learning rate of a pilot sweep (``valid-vs-lr-*.png``).
 """
 
 from __future__ import annotations
@@ -578,6 +580,8 @@ def corpus_words(dataset: Any) -> str:
     """``ptb`` -> ``Penn Treebank``, ``truth-v100-r100-314951`` -> ``synthetic language (V = 100, rank 100)``."""
     import re
 
+    if dataset is None:
+        return "corpus not recorded"
     text = str(dataset)
     found = re.match(r"truth-v(\d+)-r(\d+)", text)
     if found:
@@ -586,6 +590,8 @@ def corpus_words(dataset: Any) -> str:
 
 
 def body_words(body: Any) -> str:
+    if body is None:
+        return "body not recorded"
     return BODY_WORDS.get(str(body), str(body).replace("_", "-"))
 
 
@@ -921,7 +927,7 @@ def figure_test_perplexity(groups: list[dict], keys: list[str]):
         if part_label:
             ax.set_title(part_label, fontsize=9)
         ax.grid(True, axis="y", which="both", alpha=0.3)
-    if any(len(settings) > 1 for settings in [panels]):
+    if len(panels) > 1:  # clusters of heads per setting: a legend names the heads
         _legend(fig, axes)
     _finish(fig, _title(f"Test perplexity per head ({_seed_words(groups)}; dots: seeds, open marker and bar: mean ± 1 s.d.)",
                         groups))
@@ -1223,6 +1229,47 @@ def figure_option_sweeps(groups: list[dict], keys: list[str]):
     return fig
 
 
+def setting_sweep_keys(groups: list[dict], keys: list[str]) -> list[str]:
+    """Numeric keys other than head options swept for the same head (a pilot sweep of the learning rate)."""
+    found = []
+    for key in _panel_keys(groups, keys, with_d=True):
+        values = [g["sizes"][key] for g in groups]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            found.append(key)
+    return found
+
+
+def figure_validation_against_setting(groups: list[dict], keys: list[str], key: str):
+    """Validation perplexity (what a pilot sweep selects on) against a swept setting such as the learning
+    rate: one line per head (mean over seeds, bars ± 1 s.d.), one panel per d, sparse heads apart."""
+    others = [k for k in keys if k != key]
+    panels = _split_sparse(_settings(groups, others, with_d=True))
+    fig, axes = _figure(len(panels))
+    xs_all = sorted({g["sizes"][key] for g in groups})
+    for ax, (label, members) in zip(axes, panels):
+        for name, (color, marker, line), series in _series(members, others, groups):
+            points = sorted((g["sizes"][key], describe([run["result"].get("val_ppl") for run in g["runs"]])) for g in series)
+            points = [p for p in points if p[1]["mean"] is not None]
+            if points:
+                ax.errorbar([p[0] for p in points], [p[1]["mean"] for p in points], yerr=[p[1]["std"] or 0.0 for p in points],
+                            color=color, marker=marker, linestyle=line, linewidth=1.5, markersize=5, capsize=3, label=name)
+        if all(x > 0 for x in xs_all) and max(xs_all) / min(xs_all) >= 4:
+            ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(xs_all)
+        ax.set_xticklabels([value_words(x) for x in xs_all])
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
+        ax.set_xlabel(key_words(key) + (", log scale" if ax.get_xscale() == "log" else ""))
+        ax.set_ylabel("validation perplexity, log scale")
+        if label:
+            ax.set_title(label, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    _legend(fig, axes)
+    _finish(fig, _title(f"Validation perplexity against {key_words(key)} (mean of {_seed_words(groups)}, bars ± 1 s.d.)", groups))
+    return fig
+
+
 FIGURES = (  # file stem, figure function (None: nothing to draw)
     ("test-ppl-vs-d", figure_test_ppl_vs_d),
     ("rank-vs-d", figure_rank_vs_d),
@@ -1249,6 +1296,8 @@ def figures(runs: list[dict]) -> list[tuple[str, Any]]:
                 name, figure = "test-ppl", figure_test_perplexity(members, keys)
             if figure is not None:
                 made.append((f"{name}-{stem}.png", figure))
+        for key in setting_sweep_keys(members, keys):
+            made.append((f"valid-vs-{_slug(column_name(key))}-{stem}.png", figure_validation_against_setting(members, keys, key)))
     return made
 
 
@@ -1282,7 +1331,7 @@ def write_summary(results_dir: str | Path, command: str | None = None) -> dict:
         raise UserError(f"{results_dir} holds no finished run (no result.json below it).")
     frame = summarize(runs)
     plots = [save_figure(figure, results_dir / "plots" / name) for name, figure in figures(runs)]
-    stems = [name for name, _ in FIGURES] + ["test-ppl"]
+    stems = [name for name, _ in FIGURES] + ["test-ppl", "valid-vs"]
     for stale in sorted((results_dir / "plots").glob("*.png")):  # plots of an earlier summary that this one has not
         if stale not in plots and any(stale.name.startswith(f"{stem}-") for stem in stems):
             stale.unlink()
@@ -1372,4 +1421,5 @@ def read_summary(results_dir: str | Path) -> pd.DataFrame:
 __all__ = ["load_runs", "runs_frame", "summarize", "group_runs", "describe", "welch", "markdown_tables", "figures",
            "write_summary", "read_summary", "head_input_size", "output_embedding_size", "head_order", "head_style",
            "figure_test_ppl_vs_d", "figure_test_perplexity", "figure_rank_vs_d", "figure_validation_against",
-           "figure_validation_curves", "figure_spectra", "figure_kl_vs_d", "figure_option_sweeps"]
+           "figure_validation_curves", "figure_spectra", "figure_kl_vs_d", "figure_option_sweeps",
+           "figure_validation_against_setting"]

@@ -497,3 +497,28 @@ def test_a_resumed_run_counts_each_evaluation_once(tmp_path):
     (line,) = figure.axes[0].get_lines()
     assert list(line.get_xdata()) == [step * 700 + 1 for step in (100, 200, 300, 400, 500, 600)]
     assert line.get_ydata()[3] == 300.0 * (1 + 100 / 400) * 0.99  # the line logged after the resume counts
+
+
+def test_a_learning_rate_pilot_sweep_gets_its_own_plot(tmp_path):
+    from lm.summary import figures
+
+    ppl = {("softmax", 10.0): [220.0, 224.0], ("softmax", 20.0): [210.0, 216.0], ("mos", 10.0): [190.0, 194.0],
+           ("mos", 20.0): [260.0, 250.0]}
+    for (head, lr), values in ppl.items():
+        for seed, value in enumerate(values, 1):
+            run_dir = study_run(tmp_path / f"lr{lr}", head, 32, None, seed, value)
+            result = json.loads((run_dir / "result.json").read_text())
+            result["config"]["train"]["lr"] = lr
+            (run_dir / "result.json").write_text(json.dumps(result))
+    frame = summarize(load_runs(tmp_path))
+    assert frame.attrs["compared_on"] == ["dataset", "body", "d", "train.lr"]  # swept for every head: matched
+    mos20 = frame[(frame["head"] == "mos") & (frame["lr"] == 20.0)].iloc[0]
+    assert math.isclose(mos20["test_ppl_diff_vs_softmax"], statistics.fmean([260.0, 250.0]) - statistics.fmean([210.0, 216.0]))
+    made = dict(figures(load_runs(tmp_path)))
+    assert "test-ppl-ptb-awd_lstm.png" in made and "test-ppl-vs-d-ptb-awd_lstm.png" not in made  # one d
+    (ax,) = made["valid-vs-lr-ptb-awd_lstm.png"].axes
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["softmax", "MoS"] and ax.get_xlabel() == "learning rate"
+    assert list(handles[1].lines[0].get_xdata()) == [10.0, 20.0]
+    assert list(handles[1].lines[0].get_ydata()) == [statistics.fmean([v * 1.05 for v in ppl[("mos", lr)]]) for lr in (10.0, 20.0)]
+    assert "d = 32" in all_text(made["valid-vs-lr-ptb-awd_lstm.png"])
