@@ -14,7 +14,8 @@ A suite file is YAML::
     grids:                                # instead of grid: several grids, each expanded like grid, in
       - {model.d_embedding: [16, 32], head.name: [softmax, mos], train.seed: [1, 2]}   # file order; a cell
       - {model.d_embedding: [32], head.name: [mos], head.n_components: [1, 2, 5]}      # that an earlier grid
-                                          # already has (same config) is listed once
+                                          # already has (same config) is listed once; a
+                                          # grid may vary a key of fixed (its values win)
     synth:                                # optional: write a ground-truth language first (SYNTH_KEYS below,
       vocab_size: 200                     # bottleneck_analysis.synthetic) into OUTPUT_DIR/truth-vV-rR-HASH
       rank: 200                           # and point data.path at it
@@ -240,8 +241,8 @@ def parse_suite(raw: Any, path: Path | None = None) -> Suite:
         labels = [f"grid {number} of {where}" for number in range(1, len(grids) + 1)]
     else:
         grids, labels = [raw.get("grid") or {}], [f"grid of {where}"]
-    for grid, label in zip(grids, labels):
-        _check_grid(grid, label, fixed)
+    for grid, label in zip(grids, labels):  # several grids may vary a fixed key: the grid's value wins in its cells
+        _check_grid(grid, label, fixed if raw.get("grids") is None else {})
     all_grid_keys = {key for grid in grids for key in grid}
 
     synth = raw.get("synth")
@@ -432,11 +433,22 @@ def _points(suite: Suite) -> Iterable[dict[str, Any]]:
             yield dict(zip([k for k, _ in axes], values))
 
 
+def _base_head(base: Path, cache: dict[Path, str | None]) -> str | None:
+    """The head a base config names (None when the file alone does not load; the cell's load says why)."""
+    if base not in cache:
+        try:
+            cache[base] = load_config(base).head.name
+        except UserError:
+            cache[base] = None
+    return cache[base]
+
+
 def expand(suite: Suite) -> list[Cell]:
     """Every cell of the suite, validated with :func:`lm.config.load_config`, in a deterministic order.
 
-    Cells of several grids that resolve to the same config are listed once (the first); two different
-    configs that would share a run folder are an error.
+    A head option (``head.n_components``, ``head.r``, ...) of ``fixed`` or of a grid applies only to the
+    cells whose head takes it. Cells of several grids that resolve to the same config are listed once (the
+    first); two different configs that would share a run folder are an error.
     """
     from lm.summary import head_takes  # one definition of a head's options for suites and tables
 
@@ -444,24 +456,20 @@ def expand(suite: Suite) -> list[Cell]:
     keys = suite.grid_keys()
     cells: list[Cell] = []
     seen: dict[Path, Cell] = {}
+    heads: dict[Path, str | None] = {}
     for point in _points(suite):
         base = point.get("base", suite.bases[0])
-
-        def overrides_of(point: dict[str, Any]) -> list[str]:
-            settings = {**suite.fixed, **{k: v for k, v in point.items() if k != "base"}}
-            if corpus is not None:
-                settings["data.path"] = str(corpus)
-            settings["run.output_dir"] = str(suite.output_dir)
-            return [f"{k}={format_value(v)}" for k, v in settings.items()]
-
+        head = point.get("head.name", suite.fixed.get("head.name", _base_head(base, heads)))
+        if head is not None:  # a head option of another head: this cell is the head's plain run
+            point = {k: v for k, v in point.items() if head_takes(head, k)}
+        settings = {k: v for k, v in suite.fixed.items() if head is None or head_takes(head, k)}
+        settings.update({k: v for k, v in point.items() if k != "base"})
+        if corpus is not None:
+            settings["data.path"] = str(corpus)
+        settings["run.output_dir"] = str(suite.output_dir)
+        overrides = [f"{k}={format_value(v)}" for k, v in settings.items()]
         try:
-            overrides = overrides_of(point)
             config = load_config(base, overrides)
-            unused = [k for k in point if not head_takes(config.head.name, k)]
-            if unused:  # a head option of another head: this cell is the head's plain run
-                point = {k: v for k, v in point.items() if k not in unused}
-                overrides = overrides_of(point)
-                config = load_config(base, overrides)
             name = _cell_name(config, point, keys)
             if name is not None:
                 overrides.append(f"run.name={name}")

@@ -89,13 +89,21 @@ def is_sparse(head: str) -> bool:
 
 def head_takes(head: str, key: str) -> bool:
     """Whether head ``head`` takes the option of config key ``head.X`` (every other key, and any key of an
-    unknown head: True); a head's options are the parameters of its ``__init__``."""
-    section, _, option = key.rpartition(".")
-    cls = _registry().get(head)
-    if section != "head" or option == "name" or cls is None:
+    unknown head: True); a head's options are the parameters of its ``__init__``. The per-head blocks of
+    the config apply to their own head (``head.mos.n_components``), ``head.shared.X`` to the heads that
+    take X."""
+    parts = key.split(".")
+    registry = _registry()
+    cls = registry.get(head)
+    if parts[0] != "head" or key == "head.name" or cls is None or len(parts) not in (2, 3):
         return True
+    if len(parts) == 3:
+        block, option = parts[1], parts[2]
+        if block in registry:
+            return block == head and head_takes(head, f"head.{option}")
+        return head_takes(head, f"head.{option}") if block == "shared" else True
     parameters = inspect.signature(cls.__init__).parameters
-    return option in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return parts[1] in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def _head_rank(head: str) -> tuple:

@@ -10,7 +10,7 @@ import yaml
 
 import lm.train
 from lm.commands import suite as suite_command
-from lm.config import load_config
+from lm.config import load_config, to_dict
 from lm.errors import UserError
 from lm.suite import DEFAULT_SUITE, expand, filter_cells, format_value, load_suite, parse_suite, prepare_synth
 from lm.summary import read_summary_csv
@@ -71,7 +71,7 @@ def test_sizes_in_the_grid_get_their_own_run_folders(tiny_corpus, tmp_path):
 
 def study_like_suite(folder: Path, corpus: Path) -> Path:
     """A bottleneck-curve grid over d x head x seed plus a K sweep and an r sweep at one d (not a full product)."""
-    fixed = {k: v for k, v in tiny_fixed(corpus).items() if k not in ("head.n_components", "model.d_embedding")}
+    fixed = {**{k: v for k, v in tiny_fixed(corpus).items() if k != "model.d_embedding"}, "head.n_components": 3}
     raw = {"name": "study", "base": str(LSTM), "output_dir": str(folder / "out"), "fixed": fixed, "rank": False,
            "grids": [
                {"model.d_embedding": [16, 32, 64], "head.name": ["softmax", "mos"], "train.seed": [1, 2]},
@@ -85,9 +85,7 @@ def study_like_suite(folder: Path, corpus: Path) -> Path:
 
 def test_several_grids_expand_each_grid_and_list_a_shared_cell_once(tiny_corpus, tmp_path, capsys):
     path = study_like_suite(tmp_path, tiny_corpus)
-    cells = expand(load_suite(path))
-    base_components = load_config(LSTM).head.n_components
-    assert base_components == 3  # so the K sweep's K = 3 cell at d = 32 is the first grid's MoS run
+    cells = expand(load_suite(path))  # fixed K = 3: the K sweep's K = 3 cell at d = 32 is the first grid's MoS run
     names = [c.run_dir.name for c in cells]
     first = [f"awd_lstm-corpus-{head}-s{seed}-d_embedding{d}" + ("-n_components3-r0.5" if head == "mos" else "")
              for d in (16, 32, 64) for head in ("softmax", "mos") for seed in (1, 2)]
@@ -99,8 +97,8 @@ def test_several_grids_expand_each_grid_and_list_a_shared_cell_once(tiny_corpus,
                              "awd_lstm-corpus-r_softmax-s1-d_embedding32-r0.5"]
     assert len(set(names)) == len(names) == 16
     by_name = {c.run_dir.name: c for c in cells}
-    assert by_name["awd_lstm-corpus-mos-s1-d_embedding32-n_components1"].config.head.n_components == 1
-    assert by_name["awd_lstm-corpus-r_softmax-s1-d_embedding32-r0.1"].config.head.r == 0.1
+    assert to_dict(by_name["awd_lstm-corpus-mos-s1-d_embedding32-n_components1"].config)["head"]["n_components"] == 1
+    assert to_dict(by_name["awd_lstm-corpus-r_softmax-s1-d_embedding32-r0.1"].config)["head"]["r"] == 0.1
     assert by_name["awd_lstm-corpus-softmax-s2-d_embedding64"].config.model.d_embedding == 64
     assert "head.r" not in by_name["awd_lstm-corpus-softmax-s1-d_embedding32"].point  # softmax ignores r
     # --only sees the keys of every grid; the dry run lists the same cells.
@@ -110,6 +108,23 @@ def test_several_grids_expand_each_grid_and_list_a_shared_cell_once(tiny_corpus,
     commands = [line for line in out.splitlines() if not line.startswith("#")]
     assert len(commands) == 16 and "# 16 runs" in out
     assert sum("head.n_components=1 " in c for c in commands) == 1 and sum("head.r=0.1 " in c for c in commands) == 1
+
+
+def test_fixed_head_options_reach_only_the_heads_that_take_them(tiny_corpus, tmp_path):
+    from lm.summary import head_takes
+
+    fixed = {**{k: v for k, v in tiny_fixed(tiny_corpus).items() if k != "head.n_components"}, "head.r": 0.25,
+             "head.n_components": 2}
+    raw = {"name": "opts", "base": str(LSTM), "output_dir": str(tmp_path / "out"), "fixed": fixed,
+           "grid": {"head.name": ["softmax", "mos", "r_softmax"]}}
+    softmax, mos, r_softmax = expand(parse_suite(raw, tmp_path / "opts.yaml"))
+    assert not any(o.startswith(("head.r=", "head.n_components=")) for o in softmax.overrides)
+    assert "head.n_components=2" in mos.overrides and not any(o.startswith("head.r=") for o in mos.overrides)
+    assert "head.r=0.25" in r_softmax.overrides and to_dict(r_softmax.config)["head"]["r"] == 0.25
+    # the per-head and shared blocks of a config apply to their own heads
+    assert head_takes("mos", "head.mos.n_components") and not head_takes("softmax", "head.mos.n_components")
+    assert head_takes("r_softmax", "head.shared.r") and not head_takes("mos", "head.shared.r")
+    assert head_takes("softmax", "train.lr") and head_takes("softmax", "head.name")
 
 
 @pytest.mark.parametrize("change, message", [
