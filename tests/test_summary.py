@@ -427,14 +427,33 @@ left alone by plot --readme results/study
 """
 
 
-def test_readme_tables_come_from_the_summary(study, tmp_path, capsys):
+@pytest.fixture
+def small_study(tmp_path) -> Path:
+    """Softmax and MoS at d = 16 and 32, three seeds each (few plots: quick to summarize)."""
+    root = tmp_path / "repo" / "results" / "study"
+    for (head, d, k), values in STUDY_PPL.items():
+        if head in ("softmax", "mos") and k != 1 and d in (16, 32):
+            for seed, value in enumerate(values, 1):
+                study_run(root, head, d, k, seed, value)
+    return root
+
+
+def load_script(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_tables_come_from_the_summary(small_study, tmp_path, capsys):
     import argparse
-    import shutil
     import subprocess
     import sys
 
     root = tmp_path / "repo"
-    shutil.copytree(study, root / "results" / "study")
     readme = root / "README.md"
     readme.write_text(README)
     parser = argparse.ArgumentParser()
@@ -442,36 +461,32 @@ def test_readme_tables_come_from_the_summary(study, tmp_path, capsys):
     assert plot_command.run(parser.parse_args([str(root / "results" / "study"), "--readme", str(readme)])) == 0
     assert f"{readme}: results/study#ptb, results/study updated" in capsys.readouterr().out
     text = readme.read_text()
-    frame = summarize(load_runs(root / "results" / "study"))
+    frame = summarize(load_runs(small_study))
     softmax16 = frame[(frame["head"] == "softmax") & (frame["d"] == 16)].iloc[0]
     block = text.split("<!-- table:results/study#ptb -->")[1].split("<!-- /table:results/study#ptb -->")[0]
     assert "typed by hand" not in block and "### " not in block  # one corpus: no heading
-    assert f"| softmax | 16 | - | 20 | 16 | 10,016 | {softmax16['val_ppl_mean']:,.2f} ± {softmax16['val_ppl_std']:,.2f} |" in block
+    assert f"| softmax | 16 | 20 | 16 | 10,016 | {softmax16['val_ppl_mean']:,.2f} ± {softmax16['val_ppl_std']:,.2f} |" in block
     assert "### ptb (awd_lstm)" not in text.split("<!-- table:results/study -->")[1]  # one block: no heading either
     assert text.startswith("# A project\n\nIntro text stays.\n") and "\nBetween the tables.\n" in text
     assert "left alone by plot --readme results/study" in text
-    # The script: every marker; results/other has no summary -> one sentence, exit 2, file unchanged.
+    # The script, as a command: every marker; results/other has no summary -> one sentence, exit 2, file unchanged.
     script = [sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "readme_tables.py")]
     done = subprocess.run([*script, str(readme)], capture_output=True, text=True)
     assert done.returncode == 2 and "results/other/summary.json does not exist" in done.stderr.replace(str(root) + "/", "")
     assert "Traceback" not in done.stderr and readme.read_text() == text
     readme.write_text(text.replace(text[text.index("<!-- table:results/other -->"):], ""))
-    done = subprocess.run([*script, str(readme), "--check"], capture_output=True, text=True)
-    assert done.returncode == 0 and "up to date" in done.stdout
+    main = load_script("readme_tables").main  # the same script in this process (quicker)
+    assert main([str(readme), "--check"]) == 0 and "up to date" in capsys.readouterr().out
     readme.write_text(readme.read_text().replace("| softmax | 16 |", "| softmax | 17 |"))  # a hand edit
-    done = subprocess.run([*script, str(readme), "--check"], capture_output=True, text=True)
-    assert done.returncode == 1 and "out of date" in done.stdout
-    assert subprocess.run([*script, str(readme)], capture_output=True, text=True).returncode == 0
-    assert "| softmax | 17 |" not in readme.read_text()
+    assert main([str(readme), "--check"]) == 1 and "out of date" in capsys.readouterr().out
+    assert main([str(readme)]) == 0 and "| softmax | 17 |" not in readme.read_text()
 
 
-def test_readme_marker_errors_are_one_sentence(study, tmp_path):
+def test_readme_marker_errors_are_one_sentence(small_study, tmp_path):
     from lm.readme import update_readme
 
-    shutil_copy = __import__("shutil").copytree
-    shutil_copy(study, tmp_path / "study")
-    write_summary(tmp_path / "study")
-    readme = tmp_path / "README.md"
+    write_summary(small_study)
+    readme = small_study.parent / "README.md"
     for text, message in [("<!-- table:study -->\nno end\n", "has no closing <!-- /table:study -->"),
                           ("<!-- table:study#wikitext-2 -->\n<!-- /table:study#wikitext-2 -->\n",
                            "has no runs on corpus wikitext-2; it has: ptb")]:
