@@ -409,16 +409,18 @@ def prepare_synth(suite: Suite) -> Path | None:
 # --- cells ---------------------------------------------------------------------------------------------
 
 
-def _cell_name(config: ExperimentConfig, point: dict[str, Any], keys: list[str]) -> str | None:
-    """A run folder name that tells cells apart when the grids vary keys the default name lacks: the
-    default name and every such key of any grid (``keys``) with this cell's value, leaving out head options
-    that its head does not take."""
+def _cell_name(config: ExperimentConfig, point: dict[str, Any], keys: list[str], defaults: dict[str, Any]) -> str | None:
+    """A run folder name that tells cells apart when the grids vary keys the default name lacks: the default
+    name, the keys of the cell's own grid, and the keys of other grids (``keys``) where the cell's value is
+    not the one of its base config and ``fixed`` (``defaults``), so that adding a grid to a suite does not
+    rename the folders of cells that exist. Head options that the cell's head does not take are left out."""
     from lm.summary import head_takes
 
-    extra = [k for k in keys if k != "base" and k not in NAMED_KEYS and head_takes(config.head.name, k)]
+    flat = _flat_config(config)
+    extra = [k for k in keys if k != "base" and k not in NAMED_KEYS and head_takes(config.head.name, k)
+             and (k in point or flat.get(k) != defaults.get(k))]
     if not extra:
         return None
-    flat = _flat_config(config)
     parts = [f"{short_key(k)}{format_value(point[k] if k in point else flat[k])}" for k in extra]
     name = "-".join([run_name(config), *parts])
     return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
@@ -431,6 +433,12 @@ def _points(suite: Suite) -> Iterable[dict[str, Any]]:
         axes += list(grid.items())
         for values in itertools.product(*[v for _, v in axes]):
             yield dict(zip([k for k, _ in axes], values))
+
+
+def _without_name(config: ExperimentConfig) -> dict:
+    raw = to_dict(config)
+    raw["run"] = {k: v for k, v in raw["run"].items() if k != "name"}
+    return raw
 
 
 def _base_head(base: Path, cache: dict[Path, str | None]) -> str | None:
@@ -448,7 +456,7 @@ def expand(suite: Suite) -> list[Cell]:
 
     A head option (``head.n_components``, ``head.r``, ...) of ``fixed`` or of a grid applies only to the
     cells whose head takes it. Cells of several grids that resolve to the same config are listed once (the
-    first); two different configs that would share a run folder are an error.
+    first, with its folder); two different configs that would share a run folder are an error.
     """
     from lm.summary import head_takes  # one definition of a head's options for suites and tables
 
@@ -457,6 +465,8 @@ def expand(suite: Suite) -> list[Cell]:
     cells: list[Cell] = []
     seen: dict[Path, Cell] = {}
     heads: dict[Path, str | None] = {}
+    defaults: dict[tuple, dict[str, Any]] = {}  # (base, head) -> flat config of base and fixed alone
+    configs: dict[str, Cell] = {}  # config without run.name -> the first cell with it
     for point in _points(suite):
         base = point.get("base", suite.bases[0])
         head = point.get("head.name", suite.fixed.get("head.name", _base_head(base, heads)))
@@ -470,7 +480,11 @@ def expand(suite: Suite) -> list[Cell]:
         overrides = [f"{k}={format_value(v)}" for k, v in settings.items()]
         try:
             config = load_config(base, overrides)
-            name = _cell_name(config, point, keys)
+            if (base, config.head.name) not in defaults:
+                plain = {k: v for k, v in settings.items() if k not in point or k == "head.name"}  # base and fixed
+                defaults[(base, config.head.name)] = _flat_config(load_config(
+                    base, [f"{k}={format_value(v)}" for k, v in {**plain, "head.name": config.head.name}.items()]))
+            name = _cell_name(config, point, keys, defaults[(base, config.head.name)])
             if name is not None:
                 overrides.append(f"run.name={name}")
                 config = load_config(base, overrides)
@@ -481,14 +495,16 @@ def expand(suite: Suite) -> list[Cell]:
         env = [f"{name}={suite.threads}" for name in THREAD_VARIABLES] if suite.threads else []
         cell = Cell(base=base, point=point, overrides=overrides, config=config, run_dir=run_dir,
                     command=[*env, sys.executable, "-m", "lm.cli", "train", str(base), *overrides])
+        same = json.dumps([str(base), _without_name(config)], sort_keys=True, default=str)
+        if same in configs:
+            continue  # the same run, from another grid
         if run_dir in seen:
-            if to_dict(seen[run_dir].config) == to_dict(config) and seen[run_dir].base == base:
-                continue  # the same run, from another grid
             raise UserError(
                 f"suite {suite.name}: cells {seen[run_dir].describe()} and {cell.describe()} would share the run folder "
                 f"{run_dir}; give them different seeds, heads or corpora."
             )
         seen[run_dir] = cell
+        configs[same] = cell
         cells.append(cell)
     return cells
 

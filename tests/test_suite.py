@@ -87,15 +87,19 @@ def test_several_grids_expand_each_grid_and_list_a_shared_cell_once(tiny_corpus,
     path = study_like_suite(tmp_path, tiny_corpus)
     cells = expand(load_suite(path))  # fixed K = 3: the K sweep's K = 3 cell at d = 32 is the first grid's MoS run
     names = [c.run_dir.name for c in cells]
-    first = [f"awd_lstm-corpus-{head}-s{seed}-d_embedding{d}" + ("-n_components3-r0.5" if head == "mos" else "")
-             for d in (16, 32, 64) for head in ("softmax", "mos") for seed in (1, 2)]
+    # The first grid's cells carry the keys of their own grid; the K of the other grid only where it is not
+    # the fixed one, so adding the sweeps to a suite does not rename (and retrain) the runs it already has.
+    first = [f"awd_lstm-corpus-{head}-s{seed}-d_embedding{d}" for d in (16, 32, 64) for head in ("softmax", "mos")
+             for seed in (1, 2)]
     # MoS takes n_components but not r; r_softmax takes r but not n_components; softmax takes neither.
-    first = [n.replace("-r0.5", "") for n in first]
     assert names == first + ["awd_lstm-corpus-mos-s1-d_embedding32-n_components1",
                              "awd_lstm-corpus-mos-s1-d_embedding32-n_components5",
                              "awd_lstm-corpus-r_softmax-s1-d_embedding32-r0.1",
                              "awd_lstm-corpus-r_softmax-s1-d_embedding32-r0.5"]
     assert len(set(names)) == len(names) == 16
+    raw = yaml.safe_load(path.read_text())
+    raw["grids"] = raw["grids"][:1]
+    assert [c.run_dir.name for c in expand(parse_suite(raw, path))] == first
     by_name = {c.run_dir.name: c for c in cells}
     assert to_dict(by_name["awd_lstm-corpus-mos-s1-d_embedding32-n_components1"].config)["head"]["n_components"] == 1
     assert to_dict(by_name["awd_lstm-corpus-r_softmax-s1-d_embedding32-r0.1"].config)["head"]["r"] == 0.1
@@ -141,13 +145,14 @@ def test_bad_grids_are_one_sentence(tiny_corpus, tmp_path, change, message):
         expand(parse_suite(raw, tmp_path / "bad.yaml"))
 
 
-def test_a_key_of_any_grid_names_every_folder(tiny_corpus, tmp_path):
-    raw = {"name": "clash", "base": str(LSTM), "output_dir": str(tmp_path / "out"), "fixed": tiny_fixed(tiny_corpus),
-           "grids": [{"head.name": ["softmax"]}, {"head.name": ["softmax"], "train.lr": [0.5]}]}
-    # the second grid varies lr, so the first grid's cell carries its lr in its name too: two folders
-    cells = expand(parse_suite(raw, tmp_path / "clash.yaml"))
-    assert [c.run_dir.name for c in cells] == [f"awd_lstm-corpus-softmax-s141-lr{format_value(load_config(LSTM).train.lr)}",
-                                               "awd_lstm-corpus-softmax-s141-lr0.5"]
+def test_a_cell_carries_another_grids_key_only_where_it_differs(tiny_corpus, tmp_path):
+    default_lr = load_config(LSTM).train.lr
+    raw = {"name": "lrs", "base": str(LSTM), "output_dir": str(tmp_path / "out"), "fixed": tiny_fixed(tiny_corpus),
+           "grids": [{"head.name": ["softmax"]}, {"head.name": ["softmax"], "train.lr": [0.5, default_lr]}]}
+    cells = expand(parse_suite(raw, tmp_path / "lrs.yaml"))
+    # the second grid's cell at the default learning rate is the first grid's cell: listed once, first name
+    assert [c.run_dir.name for c in cells] == ["awd_lstm-corpus-softmax-s141", "awd_lstm-corpus-softmax-s141-lr0.5"]
+    assert [c.config.train.lr for c in cells] == [default_lr, 0.5]
 
 
 def test_thread_limit_reaches_every_blas_pool_and_is_undone():
