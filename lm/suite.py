@@ -34,9 +34,10 @@ several cells train at once and every output line is prefixed with its run folde
 sets the torch threads of each run (on a small CPU, ``jobs: 2, threads: 1`` beats one run on 2 threads).
 
 When the grids vary config keys that the default run folder name does not contain (sizes, learning
-rates), the suite names each run folder ``BODY-DATASET-HEAD-sSEED-key1VALUE-key2VALUE`` (every such key
-of any grid, with the cell's value) so cells never share a folder and a cell that two grids contain is
-one run. A head option (``head.n_components``, ``head.r``, ...) in a grid applies only to the heads
+rates), the suite names each run folder ``BODY-DATASET-HEAD-sSEED-key1VALUE-key2VALUE`` (the keys of the
+cell's own grid, and those of other grids where the cell's value differs from base and fixed) so cells
+never share a folder, a cell that two grids contain is one run, and adding a grid to a suite renames
+none of the folders it already has. A head option (``head.n_components``, ``head.r``, ...) in a grid applies only to the heads
 that take it: a softmax cell of a grid over ``head.n_components`` is the plain softmax run.
 """
 
