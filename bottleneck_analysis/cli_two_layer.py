@@ -31,6 +31,7 @@ from bottleneck_analysis.score_matching import ScoreMatchingConfig, run_score_ma
 from bottleneck_analysis.two_layer import NETWORKS
 from bottleneck_analysis.two_layer_gd import GradientDescentConfig
 from lm.errors import UserError
+from lm.provenance import code_version
 from lm.seed import seed_everything
 
 EXPERIMENTS = ("curves", "width", "concentration", "score")
@@ -118,7 +119,7 @@ def provenance(args: argparse.Namespace, wall_seconds: float, cpu_seconds: float
         "python_version": platform.python_version(),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "device": "cpu"},
-        "git_commit": _git("rev-parse", "HEAD"),
+        **code_version(),  # git_commit, git_dirty (lm.provenance, like every result file)
         "source_dirty": bool(_git("status", "--porcelain", "--", *SOURCE_FILES)),
         "dtype": "float64",
     }
@@ -217,7 +218,7 @@ def summary_markdown(out: Path) -> str:
         record = payload["provenance"]
         command = "" if shared_command else f": `{record['command']}`"
         lines += [f"- `{FILE_NAMES[name]}`{command} ({record['cpu_seconds']} s CPU, {record['wall_seconds']} s wall, "
-                  f"{record['date_utc']}, torch {record['torch_version']}, commit {record['git_commit'][:10]}"
+                  f"{record['date_utc']}, torch {record['torch_version']}, commit {str(record['git_commit'])[:10]}"
                   f"{' + uncommitted changes' if record['source_dirty'] else ''})"]
     lines.append("")
     if "curves" in loaded:

@@ -9,8 +9,6 @@ state whose default half-width is the largest absolute hidden coordinate seen on
 
 from __future__ import annotations
 
-import datetime
-import platform
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +22,7 @@ from bottleneck_analysis.rank import rank_report
 from bottleneck_analysis.unargmaxable import head_unargmaxable
 from lm.errors import UserError
 from lm.io import atomic_write_json
+from lm.provenance import provenance
 
 SCHEMA_VERSION = 1
 REPORT_FILE = "rank.json"
@@ -79,7 +78,8 @@ def rank_run(
     Returns:
         the report of :func:`bottleneck_analysis.rank.rank_report` plus ``run_dir``, ``split``, ``head``,
         ``body``, ``protocol``, ``softmax_rank_bound``, ``embedding``, ``unargmaxable``, provenance
-        (``schema_version``, ``date``, ``torch``, ``machine``, ``seconds``) and the written file names.
+        (``schema_version``, ``seconds`` and the keys of :func:`lm.provenance.provenance`: ``git_commit``,
+        ``git_dirty``, ``date``, the machine) and the written file names.
     """
     from lm.api import load_run  # the training side is only needed here
 
@@ -133,9 +133,7 @@ def rank_run(
             "hidden_max_abs": hidden_range["max_abs"],
             "embedding": decoder_spectrum(head),
             "unargmaxable": unargmaxable_report,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__,
-            "machine": {"platform": platform.platform(), "device": device},
+            **provenance(next(model.parameters()).device),  # git_commit, git_dirty, date, device, torch_version, ... like result.json
             "seconds": {"rank": collected - started, "total": time.perf_counter() - started},
             "files": {"report": REPORT_FILE, "plot": PLOT_FILE},
         }

@@ -3,6 +3,7 @@
 >>> from lm.api import load_config, train, load_run, evaluate_run
 >>> result = train(load_config("configs/ptb-lite-lstm.yaml", ["head.name=mos"]))
 >>> model, corpus, config = load_run("runs/awd_lstm-ptb-lite-mos-s141")
+>>> table = summarize("results/ground-truth")   # a pandas.DataFrame, one row per (corpus, body, head, d, setting)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from lm.errors import UserError
 from lm.evaluate import evaluate
 from lm.train import resolve_device, train
 
-__all__ = ["load_config", "train", "load_run", "evaluate_run"]
+__all__ = ["load_config", "train", "load_run", "evaluate_run", "summarize"]
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", data_path: str | None = None, checkpoint: str = "best"):
@@ -69,3 +70,16 @@ def evaluate_run(run_dir: str | Path, split: str = "test", batch_size: int | Non
         raise UserError("the batch size must be at least 1.")
     result = evaluate(model, corpus.split(split), batch_size, t.eval_bptt or t.bptt)
     return {"split": split, **result}
+
+
+def summarize(results_dir: str | Path, per_run: bool = False):
+    """The summary table of the finished runs under ``results_dir`` as a :class:`pandas.DataFrame`, the
+    numbers of ``softmax-bench plot`` (nothing is written): one row per (corpus, body, head, d, setting) with
+    mean, standard deviation, 95% confidence interval and number of seeds, and the difference to softmax
+    with Welch's p-value (:func:`lm.summary.summarize`); with ``per_run`` one row per run instead."""
+    from lm import summary
+
+    runs = summary.load_runs(results_dir)
+    if not runs:
+        raise UserError(f"{results_dir} holds no finished run (no result.json below it).")
+    return summary.runs_frame(runs) if per_run else summary.summarize(runs)

@@ -1,4 +1,9 @@
-"""Where a number came from: code version, machine and date, recorded beside every result."""
+"""Where a number came from: code version, machine and date, recorded beside every result.
+
+Every file that holds a result (``result.json`` of a run, ``rank.json``, ``summary.json``, the benchmark
+files of ``scripts/``) takes its provenance from here, so they all carry the same keys:
+``git_commit``, ``git_dirty`` (``code_version()``), ``date`` and the machine (``provenance()``).
+"""
 
 from __future__ import annotations
 
@@ -22,12 +27,24 @@ def _git(*args: str) -> str | None:
 
 
 def git_commit() -> str | None:
+    """The commit of the checkout this code runs from, or None outside a git checkout."""
     return _git("rev-parse", "HEAD")
 
 
 def git_dirty() -> bool | None:
+    """Whether tracked files differ from that commit (None outside a git checkout)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     return None if status is None else bool(status)
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def code_version() -> dict:
+    """``{"git_commit", "git_dirty"}`` of the code that writes a result."""
+    return {"git_commit": git_commit(), "git_dirty": git_dirty()}
 
 
 def machine(device: torch.device | str = "cpu") -> dict:
@@ -47,9 +64,5 @@ def machine(device: torch.device | str = "cpu") -> dict:
 
 
 def provenance(device: torch.device | str = "cpu") -> dict:
-    return {
-        "git_commit": git_commit(),
-        "git_dirty": git_dirty(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **machine(device),
-    }
+    """Code version, date and machine: the keys every result file records."""
+    return {**code_version(), "date": now(), **machine(device)}

@@ -11,6 +11,11 @@ A suite file is YAML::
     grid:                                 # dotted key -> list of values; cells = cartesian product, in the
       head.name: [softmax, mos]           # order of the file (first key outermost, base before all)
       train.seed: [1, 2, 3]
+    grids:                                # instead of grid: several grids, each expanded like grid, in
+      - {model.d_embedding: [16, 32], head.name: [softmax, mos], train.seed: [1, 2]}   # file order; a cell
+      - {model.d_embedding: [32], head.name: [mos], head.n_components: [1, 2, 5]}      # that an earlier grid
+                                          # already has (same config) is listed once; a
+                                          # grid may vary a key of fixed (its values win)
     synth:                                # optional: write a ground-truth language first (SYNTH_KEYS below,
       vocab_size: 200                     # bottleneck_analysis.synthetic) into OUTPUT_DIR/truth-vV-rR-HASH
       rank: 200                           # and point data.path at it
@@ -28,9 +33,12 @@ truth for ground-truth suites (``kl.json``) and the summary of :mod:`lm.summary`
 several cells train at once and every output line is prefixed with its run folder's name; ``threads``
 sets the torch threads of each run (on a small CPU, ``jobs: 2, threads: 1`` beats one run on 2 threads).
 
-When the grid varies config keys that the default run folder name does not contain (sizes, learning
-rates), the suite names each run folder ``BODY-DATASET-HEAD-sSEED-key1VALUE-key2VALUE`` so cells never
-share a folder.
+When the grids vary config keys that the default run folder name does not contain (sizes, learning
+rates), the suite names each run folder ``BODY-DATASET-HEAD-sSEED-key1VALUE-key2VALUE`` (the keys of the
+cell's own grid, and those of other grids where the cell's value differs from base and fixed) so cells
+never share a folder, a cell that two grids contain is one run, and adding a grid to a suite renames
+none of the folders it already has. A head option (``head.n_components``, ``head.r``, ...) in a grid applies only to the heads
+that take it: a softmax cell of a grid over ``head.n_components`` is the plain softmax run.
 """
 
 from __future__ import annotations
@@ -62,8 +70,8 @@ from lm.errors import UserError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SUITE = REPO_ROOT / "configs" / "suites" / "ground-truth.yaml"
 
-SUITE_KEYS = ("name", "description", "command", "base", "output_dir", "fixed", "grid", "synth", "rank", "ground_truth",
-              "jobs", "threads")
+SUITE_KEYS = ("name", "description", "command", "base", "output_dir", "fixed", "grid", "grids", "synth", "rank",
+              "ground_truth", "jobs", "threads")
 # rank key -> check of its value; see bottleneck_analysis.run_report.rank_run
 RANK_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "split": (lambda v: v in ("train", "valid", "test"), "train, valid or test"),
@@ -102,7 +110,11 @@ class Suite:
     bases: list[Path]  # base configs (several: one more grid axis)
     output_dir: Path  # parent of the run folders
     fixed: dict[str, Any] = field(default_factory=dict)  # dotted key -> value, every cell
-    grid: dict[str, list] = field(default_factory=dict)  # dotted key -> values
+    grids: list[dict[str, list]] = field(default_factory=lambda: [{}])  # grids: dotted key -> values each
+
+    def grid_keys(self) -> list[str]:
+        """Every key of every grid, in first-seen order."""
+        return list(dict.fromkeys(key for grid in self.grids for key in grid))
     synth: dict | None = None  # keyword arguments of the ground-truth corpus writer, or None
     rank: dict | None = field(default_factory=dict)  # rank_run options, or None to skip the rank report
     ground_truth: dict | None = None  # options of the KL from the truth (kl.json per run), or None
@@ -221,22 +233,23 @@ def parse_suite(raw: Any, path: Path | None = None) -> Suite:
         raise UserError(f"fixed of {where} must be a mapping of dotted keys to values, e.g. train.epochs: 3.")
     fixed = {_check_key(k, f"fixed of {where}"): v for k, v in fixed.items()}
 
-    grid = raw.get("grid") or {}
-    if not isinstance(grid, dict):
-        raise UserError(f"grid of {where} must be a mapping of dotted keys to lists of values.")
-    for key, values in grid.items():
-        _check_key(key, f"grid of {where}")
-        if not isinstance(values, list) or not values:
-            raise UserError(f"grid key {key} of {where} must have a non-empty list of values, got {values!r}.")
-        if len({format_value(v) for v in values}) != len(values):
-            raise UserError(f"grid key {key} of {where} repeats a value.")
-        if key in fixed:
-            raise UserError(f"{key} is both fixed and in the grid of {where}; keep one.")
+    if raw.get("grid") is not None and raw.get("grids") is not None:
+        raise UserError(f"{where} has both grid and grids; put the grid into the list of grids.")
+    if raw.get("grids") is not None:
+        grids = raw["grids"]
+        if not isinstance(grids, list) or not grids:
+            raise UserError(f"grids of {where} must be a non-empty list of grids (mappings of dotted keys to lists).")
+        labels = [f"grid {number} of {where}" for number in range(1, len(grids) + 1)]
+    else:
+        grids, labels = [raw.get("grid") or {}], [f"grid of {where}"]
+    for grid, label in zip(grids, labels):  # several grids may vary a fixed key: the grid's value wins in its cells
+        _check_grid(grid, label, fixed if raw.get("grids") is None else {})
+    all_grid_keys = {key for grid in grids for key in grid}
 
     synth = raw.get("synth")
     if synth is not None:
         synth = _parse_synth(synth, where)
-        if "data.path" in fixed or "data.path" in grid or "data.name" in grid:
+        if "data.path" in fixed or "data.path" in all_grid_keys or "data.name" in all_grid_keys:
             raise UserError(f"{where} has synth, which sets data.path itself; remove data.path from fixed and grid.")
 
     rank = raw.get("rank", {})
@@ -278,8 +291,22 @@ def parse_suite(raw: Any, path: Path | None = None) -> Suite:
         value = raw.get(key, default)
         if value is not None and not _positive_int(value):
             raise UserError(f"{key} of {where} must be a positive integer{' or null' if key == 'threads' else ''}.")
-    return Suite(name=name, path=path, bases=bases, output_dir=Path(raw["output_dir"]), fixed=fixed, grid=grid,
+    return Suite(name=name, path=path, bases=bases, output_dir=Path(raw["output_dir"]), fixed=fixed, grids=grids,
                  synth=synth, rank=rank, ground_truth=ground_truth, jobs=raw.get("jobs", 1), threads=raw.get("threads"))
+
+
+def _check_grid(grid: Any, where: str, fixed: dict) -> None:
+    """One grid: a mapping of known config keys to non-empty lists of distinct values, none of them fixed."""
+    if not isinstance(grid, dict):
+        raise UserError(f"{where} must be a mapping of dotted keys to lists of values.")
+    for key, values in grid.items():
+        _check_key(key, where)
+        if not isinstance(values, list) or not values:
+            raise UserError(f"key {key} of {where} must have a non-empty list of values, got {values!r}.")
+        if len({format_value(v) for v in values}) != len(values):
+            raise UserError(f"key {key} of {where} repeats a value.")
+        if key in fixed:
+            raise UserError(f"{key} is both fixed and in the {where}; keep one.")
 
 
 def _positive_int(value: Any) -> bool:
@@ -332,7 +359,7 @@ def with_changes(suite: Suite, sets: Iterable[str] = (), output_dir: str | Path 
             raise UserError(f"--set {item!r} must look like section.key=value, e.g. train.epochs=1.")
         key, text = (part.strip() for part in item.split("=", 1))
         _check_key(key, f"--set {item}")
-        if key in suite.grid:
+        if key in suite.grid_keys():
             raise UserError(f"--set {item}: {key} is a grid key of suite {suite.name}; pick cells with --only instead.")
         if key == "data.path" and suite.synth is not None:
             raise UserError(f"--set {item}: suite {suite.name} makes its own corpus (synth), so data.path is set.")
@@ -383,37 +410,82 @@ def prepare_synth(suite: Suite) -> Path | None:
 # --- cells ---------------------------------------------------------------------------------------------
 
 
-def _cell_name(config: ExperimentConfig, point: dict[str, Any]) -> str | None:
-    """A run folder name that tells cells apart when the grid varies keys the default name lacks."""
-    extra = [(k, v) for k, v in point.items() if k != "base" and k not in NAMED_KEYS]
+def _cell_name(config: ExperimentConfig, point: dict[str, Any], keys: list[str], defaults: dict[str, Any]) -> str | None:
+    """A run folder name that tells cells apart when the grids vary keys the default name lacks: the default
+    name, the keys of the cell's own grid, and the keys of other grids (``keys``) where the cell's value is
+    not the one of its base config and ``fixed`` (``defaults``), so that adding a grid to a suite does not
+    rename the folders of cells that exist. Head options that the cell's head does not take are left out."""
+    from lm.summary import head_takes
+
+    flat = _flat_config(config)
+    extra = [k for k in keys if k != "base" and k not in NAMED_KEYS and head_takes(config.head.name, k)
+             and (k in point or flat.get(k) != defaults.get(k))]
     if not extra:
         return None
-    default = run_name(config)
-    parts = [f"{short_key(k)}{format_value(v)}" for k, v in extra]
-    name = "-".join([default, *parts])
+    parts = [f"{short_key(k)}{format_value(point[k] if k in point else flat[k])}" for k in extra]
+    name = "-".join([run_name(config), *parts])
     return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in name)
 
 
+def _points(suite: Suite) -> Iterable[dict[str, Any]]:
+    """The grid points of every grid in file order (with ``base`` first when the suite has several)."""
+    for grid in suite.grids:
+        axes: list[tuple[str, list]] = [("base", suite.bases)] if len(suite.bases) > 1 else []
+        axes += list(grid.items())
+        for values in itertools.product(*[v for _, v in axes]):
+            yield dict(zip([k for k, _ in axes], values))
+
+
+def _without_name(config: ExperimentConfig) -> dict:
+    raw = to_dict(config)
+    raw["run"] = {k: v for k, v in raw["run"].items() if k != "name"}
+    return raw
+
+
+def _base_head(base: Path, cache: dict[Path, str | None]) -> str | None:
+    """The head a base config names (None when the file alone does not load; the cell's load says why)."""
+    if base not in cache:
+        try:
+            cache[base] = load_config(base).head.name
+        except UserError:
+            cache[base] = None
+    return cache[base]
+
+
 def expand(suite: Suite) -> list[Cell]:
-    """Every cell of the suite, validated with :func:`lm.config.load_config`, in a deterministic order."""
+    """Every cell of the suite, validated with :func:`lm.config.load_config`, in a deterministic order.
+
+    A head option (``head.n_components``, ``head.r``, ...) of ``fixed`` or of a grid applies only to the
+    cells whose head takes it. Cells of several grids that resolve to the same config are listed once (the
+    first, with its folder); two different configs that would share a run folder are an error.
+    """
+    from lm.summary import head_takes  # one definition of a head's options for suites and tables
+
     corpus = synth_dir(suite)
-    axes: list[tuple[str, list]] = []
-    if len(suite.bases) > 1:
-        axes.append(("base", suite.bases))
-    axes += list(suite.grid.items())
+    keys = suite.grid_keys()
     cells: list[Cell] = []
-    seen: dict[Path, str] = {}
-    for values in itertools.product(*[v for _, v in axes]):
-        point = dict(zip([k for k, _ in axes], values))
+    seen: dict[Path, Cell] = {}
+    heads: dict[Path, str | None] = {}
+    defaults: dict[tuple, dict[str, Any]] = {}  # (base, head) -> flat config of base and fixed alone
+    configs: dict[str, Cell] = {}  # config without run.name -> the first cell with it
+    for point in _points(suite):
         base = point.get("base", suite.bases[0])
-        settings = {**suite.fixed, **{k: v for k, v in point.items() if k != "base"}}
+        head = point.get("head.name", suite.fixed.get("head.name", _base_head(base, heads)))
+        if head is not None:  # a head option of another head: this cell is the head's plain run
+            point = {k: v for k, v in point.items() if head_takes(head, k)}
+        settings = {k: v for k, v in suite.fixed.items() if head is None or head_takes(head, k)}
+        settings.update({k: v for k, v in point.items() if k != "base"})
         if corpus is not None:
             settings["data.path"] = str(corpus)
         settings["run.output_dir"] = str(suite.output_dir)
         overrides = [f"{k}={format_value(v)}" for k, v in settings.items()]
         try:
             config = load_config(base, overrides)
-            name = _cell_name(config, point)
+            if (base, config.head.name) not in defaults:
+                plain = {k: v for k, v in settings.items() if k not in point or k == "head.name"}  # base and fixed
+                defaults[(base, config.head.name)] = _flat_config(load_config(
+                    base, [f"{k}={format_value(v)}" for k, v in {**plain, "head.name": config.head.name}.items()]))
+            name = _cell_name(config, point, keys, defaults[(base, config.head.name)])
             if name is not None:
                 overrides.append(f"run.name={name}")
                 config = load_config(base, overrides)
@@ -424,12 +496,16 @@ def expand(suite: Suite) -> list[Cell]:
         env = [f"{name}={suite.threads}" for name in THREAD_VARIABLES] if suite.threads else []
         cell = Cell(base=base, point=point, overrides=overrides, config=config, run_dir=run_dir,
                     command=[*env, sys.executable, "-m", "lm.cli", "train", str(base), *overrides])
+        same = json.dumps([str(base), _without_name(config)], sort_keys=True, default=str)
+        if same in configs:
+            continue  # the same run, from another grid
         if run_dir in seen:
             raise UserError(
-                f"suite {suite.name}: cells {seen[run_dir]} and {cell.describe()} would share the run folder {run_dir}; "
-                "give them different seeds, heads or corpora."
+                f"suite {suite.name}: cells {seen[run_dir].describe()} and {cell.describe()} would share the run folder "
+                f"{run_dir}; give them different seeds, heads or corpora."
             )
-        seen[run_dir] = cell.describe()
+        seen[run_dir] = cell
+        configs[same] = cell
         cells.append(cell)
     return cells
 
@@ -446,7 +522,7 @@ def filter_cells(cells: list[Cell], only: Iterable[str]) -> list[Cell]:
         alias, text = (part.strip() for part in item.split("=", 1))
         if not cells:
             return cells
-        grid_keys = list(cells[0].point)
+        grid_keys = list(dict.fromkeys(k for cell in cells for k in cell.point))
         keys = [k for k in grid_keys if key_matches(alias, k)] or [k for k in _flat_config(cells[0].config) if key_matches(alias, k)]
         if not keys:
             raise UserError(f"--only {item}: {alias} is not a key of this suite; grid keys are: {', '.join(grid_keys) or 'none'}.")
@@ -559,34 +635,10 @@ def _kl_report(run_dir: Path, truth_dir: Path, options: dict) -> None:
     io.atomic_write_json(run_dir / "kl.json", {"split": split, "truth": str(truth_dir), **report})
 
 
-def _openblas_thread_controls() -> list[tuple[Callable[[], int], Callable[[int], None]]]:
-    """(get, set) of the thread count of every OpenBLAS loaded in this process (NumPy's and SciPy's each
-    bundle one), found by their exported symbols as threadpoolctl does; empty where there is none (non-Linux)."""
-    import ctypes
-
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and line.split()[-1].startswith("/")})
-    except OSError:
-        return []
-    controls = []
-    for path in paths:
-        try:
-            library = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("", ""), ("scipy_", ""), ("", "64_"), ("scipy_", "64_")):
-            getter = getattr(library, f"{prefix}openblas_get_num_threads{suffix}", None)
-            setter = getattr(library, f"{prefix}openblas_set_num_threads{suffix}", None)
-            if getter is not None and setter is not None:
-                controls.append((getter, setter))
-                break
-    return controls
-
-
 @contextlib.contextmanager
 def _thread_limit(threads: int | None):
-    """Run the in-process measurements on ``threads`` threads (torch's and OpenBLAS's pools).
+    """Run the in-process measurements on ``threads`` threads: torch's pool and, through ``threadpoolctl``,
+    every BLAS and OpenMP pool loaded in the process (NumPy's and SciPy's OpenBLAS each have one).
 
     The suite's own process starts with the library defaults (one thread per core); while a training job
     runs beside a measurement, more busy threads than cores make OpenBLAS's spin-waiting cost 100x.
@@ -596,18 +648,15 @@ def _thread_limit(threads: int | None):
         return
     import scipy.linalg  # noqa: F401 - load SciPy's OpenBLAS now, so that its pool is limited too
     import torch
+    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
-    blas = [(get, set_, get()) for get, set_ in _openblas_thread_controls()]
     torch.set_num_threads(threads)
-    for _, set_, _ in blas:
-        set_(threads)
     try:
-        yield
+        with threadpool_limits(limits=threads):
+            yield
     finally:
         torch.set_num_threads(before)
-        for _, set_, previous in blas:
-            set_(previous)
 
 
 def _describe_error(error: BaseException) -> str:

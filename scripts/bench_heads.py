@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         checks["sigsoftmax_at_most_1.3x"] = checks["sigsoftmax_cost_over_softmax"] <= 1.3
     report = {
         "command": shlex.join(["python", *sys.argv]),
-        "machine": provenance("cpu"),
+        **provenance("cpu"),  # git_commit, git_dirty, date and machine, like every result file
         "settings": {
             "d_model": D_MODEL,
             "vocab_size": VOCAB,

@@ -22,7 +22,6 @@ Three measurements, each in a fresh process so that its peak resident memory (``
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -223,9 +222,13 @@ def main() -> int:
 
     command = " ".join([Path(sys.executable).name, *sys.argv])
     previous = json.loads(Path(args.out).read_text()) if args.update and Path(args.out).exists() else {}
+    sys.path.insert(0, str(ROOT))
+    from lm.provenance import code_version, now
+
     result: dict = {
         "benchmark": "rank",
         "command": command,
+        **code_version(),  # git_commit, git_dirty: the same helper as every result file
         "date": now(),
         "machine": machine(args.threads),
         "note": args.note,
@@ -264,16 +267,11 @@ def main() -> int:
         }, load)
     result["targets"] = targets(result)
 
-    sys.path.insert(0, str(ROOT))
     from lm.io import atomic_write_json
 
     atomic_write_json(args.out, result)
     print(json.dumps(result, indent=1))
     return 0
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def carry(previous: dict, result: dict, key: str) -> None:

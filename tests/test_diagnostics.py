@@ -325,6 +325,9 @@ def test_rank_run_writes_the_report_and_plot(tmp_path, config_name, head):
     assert written["rank"] == report["rank"] and set(written["rank"]) == {"nr", "numpy", "relative_1e-06"}
     assert (run_dir / "rank_spectrum.png").read_bytes()[:4] == b"\x89PNG"
     assert written["head"] == head and written["split"] == "valid" and written["protocol"]["batch_size"] == 1
+    result = json.loads((run_dir / "result.json").read_text())  # the same provenance helper as the trainer
+    assert written["git_commit"] == result["git_commit"] and len(written["git_commit"]) == 40
+    assert isinstance(written["git_dirty"], bool) and written["device"] == "cpu" and written["date"].endswith("+00:00")
     n_valid = len(load_run(run_dir)[1].valid)
     assert written["n_rows"] == n_valid - 1
     assert written["softmax_rank_bound"] == 16 + 2

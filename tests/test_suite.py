@@ -10,7 +10,7 @@ import yaml
 
 import lm.train
 from lm.commands import suite as suite_command
-from lm.config import load_config
+from lm.config import load_config, to_dict
 from lm.errors import UserError
 from lm.suite import DEFAULT_SUITE, expand, filter_cells, format_value, load_suite, parse_suite, prepare_synth
 from lm.summary import read_summary_csv
@@ -67,6 +67,110 @@ def test_sizes_in_the_grid_get_their_own_run_folders(tiny_corpus, tmp_path):
     path = write_suite(tmp_path, tiny_corpus, {"head.name": ["softmax"], "model.d_last": [8, 16], "train.lr": [1.0e-3]})
     names = [c.run_dir.name for c in expand(load_suite(path))]
     assert names == ["awd_lstm-corpus-softmax-s141-d_last8-lr0.001", "awd_lstm-corpus-softmax-s141-d_last16-lr0.001"]
+
+
+def study_like_suite(folder: Path, corpus: Path) -> Path:
+    """A bottleneck-curve grid over d x head x seed plus a K sweep and an r sweep at one d (not a full product)."""
+    fixed = {**{k: v for k, v in tiny_fixed(corpus).items() if k != "model.d_embedding"}, "head.n_components": 3}
+    raw = {"name": "study", "base": str(LSTM), "output_dir": str(folder / "out"), "fixed": fixed, "rank": False,
+           "grids": [
+               {"model.d_embedding": [16, 32, 64], "head.name": ["softmax", "mos"], "train.seed": [1, 2]},
+               {"model.d_embedding": [32], "head.name": ["mos"], "head.n_components": [1, 3, 5], "train.seed": [1]},
+               {"model.d_embedding": [32], "head.name": ["softmax", "r_softmax"], "head.r": [0.1, 0.5], "train.seed": [1]},
+           ]}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_several_grids_expand_each_grid_and_list_a_shared_cell_once(tiny_corpus, tmp_path, capsys):
+    path = study_like_suite(tmp_path, tiny_corpus)
+    cells = expand(load_suite(path))  # fixed K = 3: the K sweep's K = 3 cell at d = 32 is the first grid's MoS run
+    names = [c.run_dir.name for c in cells]
+    # The first grid's cells carry the keys of their own grid; the K of the other grid only where it is not
+    # the fixed one, so adding the sweeps to a suite does not rename (and retrain) the runs it already has.
+    first = [f"awd_lstm-corpus-{head}-s{seed}-d_embedding{d}" for d in (16, 32, 64) for head in ("softmax", "mos")
+             for seed in (1, 2)]
+    # MoS takes n_components but not r; r_softmax takes r but not n_components; softmax takes neither.
+    assert names == first + ["awd_lstm-corpus-mos-s1-d_embedding32-n_components1",
+                             "awd_lstm-corpus-mos-s1-d_embedding32-n_components5",
+                             "awd_lstm-corpus-r_softmax-s1-d_embedding32-r0.1",
+                             "awd_lstm-corpus-r_softmax-s1-d_embedding32-r0.5"]
+    assert len(set(names)) == len(names) == 16
+    raw = yaml.safe_load(path.read_text())
+    raw["grids"] = raw["grids"][:1]
+    assert [c.run_dir.name for c in expand(parse_suite(raw, path))] == first
+    by_name = {c.run_dir.name: c for c in cells}
+    assert to_dict(by_name["awd_lstm-corpus-mos-s1-d_embedding32-n_components1"].config)["head"]["n_components"] == 1
+    assert to_dict(by_name["awd_lstm-corpus-r_softmax-s1-d_embedding32-r0.1"].config)["head"]["r"] == 0.1
+    assert by_name["awd_lstm-corpus-softmax-s2-d_embedding64"].config.model.d_embedding == 64
+    assert "head.r" not in by_name["awd_lstm-corpus-softmax-s1-d_embedding32"].point  # softmax ignores r
+    # --only sees the keys of every grid; the dry run lists the same cells.
+    assert [c.run_dir.name for c in filter_cells(cells, ["n_components=5"])] == ["awd_lstm-corpus-mos-s1-d_embedding32-n_components5"]
+    assert run_command(path, "--dry-run") == 0
+    out = capsys.readouterr().out
+    commands = [line for line in out.splitlines() if not line.startswith("#")]
+    assert len(commands) == 16 and "# 16 runs" in out
+    assert sum("head.n_components=1 " in c for c in commands) == 1 and sum("head.r=0.1 " in c for c in commands) == 1
+
+
+def test_fixed_head_options_reach_only_the_heads_that_take_them(tiny_corpus, tmp_path):
+    from lm.summary import head_takes
+
+    fixed = {**{k: v for k, v in tiny_fixed(tiny_corpus).items() if k != "head.n_components"}, "head.r": 0.25,
+             "head.n_components": 2}
+    raw = {"name": "opts", "base": str(LSTM), "output_dir": str(tmp_path / "out"), "fixed": fixed,
+           "grid": {"head.name": ["softmax", "mos", "r_softmax"]}}
+    softmax, mos, r_softmax = expand(parse_suite(raw, tmp_path / "opts.yaml"))
+    assert not any(o.startswith(("head.r=", "head.n_components=")) for o in softmax.overrides)
+    assert "head.n_components=2" in mos.overrides and not any(o.startswith("head.r=") for o in mos.overrides)
+    assert "head.r=0.25" in r_softmax.overrides and to_dict(r_softmax.config)["head"]["r"] == 0.25
+    # the per-head and shared blocks of a config apply to their own heads
+    assert head_takes("mos", "head.mos.n_components") and not head_takes("softmax", "head.mos.n_components")
+    assert head_takes("r_softmax", "head.shared.r") and not head_takes("mos", "head.shared.r")
+    assert head_takes("softmax", "train.lr") and head_takes("softmax", "head.name")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grid": {"train.seed": [1]}, "grids": [{"train.seed": [2]}]}, "both grid and grids"),
+    ({"grids": {"train.seed": [1]}}, "grids of .* non-empty list of grids"),
+    ({"grids": []}, "grids of .* non-empty list of grids"),
+    ({"grids": [{"train.seed": [1]}, {"train.seed": 2}]}, "key train.seed of grid 2 of .* non-empty list"),
+    ({"grids": [{"train.seed": [1]}, ["train.seed"]]}, "grid 2 of .* must be a mapping"),
+    ({"grids": [{"head.colour": [1]}]}, "grid 1 of .* unknown config key 'head.colour'"),
+])
+def test_bad_grids_are_one_sentence(tiny_corpus, tmp_path, change, message):
+    raw = {"name": "bad", "base": str(LSTM), "output_dir": str(tmp_path / "out"), "fixed": tiny_fixed(tiny_corpus), **change}
+    with pytest.raises(UserError, match=message):
+        expand(parse_suite(raw, tmp_path / "bad.yaml"))
+
+
+def test_a_cell_carries_another_grids_key_only_where_it_differs(tiny_corpus, tmp_path):
+    default_lr = load_config(LSTM).train.lr
+    raw = {"name": "lrs", "base": str(LSTM), "output_dir": str(tmp_path / "out"), "fixed": tiny_fixed(tiny_corpus),
+           "grids": [{"head.name": ["softmax"]}, {"head.name": ["softmax"], "train.lr": [0.5, default_lr]}]}
+    cells = expand(parse_suite(raw, tmp_path / "lrs.yaml"))
+    # the second grid's cell at the default learning rate is the first grid's cell: listed once, first name
+    assert [c.run_dir.name for c in cells] == ["awd_lstm-corpus-softmax-s141", "awd_lstm-corpus-softmax-s141-lr0.5"]
+    assert [c.config.train.lr for c in cells] == [default_lr, 0.5]
+
+
+def test_thread_limit_reaches_every_blas_pool_and_is_undone():
+    import numpy as np  # noqa: F401 - its OpenBLAS is loaded
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from lm.suite import _thread_limit
+
+    before = {info["filepath"]: info["num_threads"] for info in threadpool_info()}
+    torch_before = torch.get_num_threads()
+    with _thread_limit(1):
+        inside = threadpool_info()
+        assert inside and all(info["num_threads"] == 1 for info in inside)
+        assert torch.get_num_threads() == 1
+    after = {info["filepath"]: info["num_threads"] for info in threadpool_info()}
+    assert all(after[path] == threads for path, threads in before.items() if path in after)
+    assert torch.get_num_threads() == torch_before
 
 
 def test_only_filters_by_short_or_dotted_key(tiny_corpus, tmp_path):
@@ -258,7 +362,7 @@ def test_suite_end_to_end_skips_finished_runs_and_resumes_an_interrupted_one(tmp
     command = commands[softmax_cell.run_dir.name]
     assert command.startswith("OMP_NUM_THREADS=1 ") and " -m lm.cli train " in command and "head.name=softmax" in command
     plots = sorted((out / "plots").glob("*.png"))
-    assert {p.name.split("-truth")[0] for p in plots} == {"valid-ppl", "test-ppl", "spectrum", "kl-vs-d"}
+    assert {p.name.split("-truth")[0] for p in plots} == {"valid-ppl", "test-ppl", "spectrum", "kl-vs-d", "valid-vs-tokens", "valid-vs-time"}  # the trainer records tokens and seconds with every validation
     for plot in plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(plot).shape[0] > 300
 

@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 import matplotlib.image
+import pandas as pd
 import pytest
 
 from lm.commands import plot as plot_command
@@ -116,8 +117,8 @@ def test_summary_numbers_equal_the_run_files(results, summary):
 def test_plots_are_valid_images(summary):
     out = summary
     names = sorted(p.name for p in out["plots"])
-    assert names == ["kl-vs-d-toy-awd_lstm.png", "spectrum-toy-awd_lstm.png", "test-ppl-toy-awd_lstm.png",
-                     "valid-ppl-toy-awd_lstm.png"]
+    assert names == ["kl-vs-d-toy-awd_lstm.png", "rank-vs-d-toy-awd_lstm.png", "spectrum-toy-awd_lstm.png",
+                     "test-ppl-vs-d-toy-awd_lstm.png", "valid-ppl-toy-awd_lstm.png"]
     for path in out["plots"]:
         assert_png(path)
 
@@ -127,10 +128,11 @@ def test_one_seed_has_no_spread_and_missing_reports_are_left_out(tmp_path):
     fake_run(tmp_path, "sigsoftmax", 1, test_ppl=68.5)
     (tmp_path / "unfinished").mkdir()
     (tmp_path / "unfinished" / "metrics.jsonl").write_text("{}\n")
-    columns, rows = summarize(load_runs(tmp_path))
-    assert [r["head"] for r in rows] == ["softmax", "sigsoftmax"]
-    assert rows[0]["test_ppl_mean"] == 70.25 and rows[0]["test_ppl_std"] is None and rows[0]["n_seeds"] == 1
-    assert not any(c.startswith("rank_") or c.startswith("kl") for c in columns)
+    frame = summarize(load_runs(tmp_path))
+    assert list(frame["head"]) == ["softmax", "sigsoftmax"]
+    assert frame["test_ppl_mean"][0] == 70.25 and pd.isna(frame["test_ppl_std"][0]) and frame["n_seeds"][0] == 1
+    assert frame["test_ppl_diff_vs_softmax"][1] == 68.5 - 70.25 and pd.isna(frame["test_ppl_welch_p"][1])  # one seed: no test
+    assert not any(c.startswith("rank_") or c.startswith("kl") for c in frame.columns)
     out = write_summary(tmp_path)
     assert "| softmax | 8 | 1,008 | 71.75 | 70.25 | 1 |" in out["markdown"].read_text()
     assert sorted(p.name for p in out["plots"]) == ["test-ppl-toy-awd_lstm.png", "valid-ppl-toy-awd_lstm.png"]
@@ -178,3 +180,360 @@ def test_damaged_run_file_is_one_sentence(tmp_path):
     (run_dir / "rank.json").write_text("{not json")
     with pytest.raises(UserError, match="rank.json is not valid JSON"):
         write_summary(tmp_path)
+
+
+# --- the study's statistics and plots on a study-like fixture ---------------------------------------------
+
+STUDY_PPL = {  # (head, d, K) -> test perplexity per seed; d is the output embedding size
+    ("softmax", 16, None): [300.0, 310.0, 305.0], ("softmax", 32, None): [200.0, 204.0, 199.0],
+    ("softmax", 64, None): [150.0, 149.0, 153.5],
+    ("mos", 16, 5): [250.0, 262.0, 255.0], ("mos", 32, 5): [180.0, 186.0, 178.0], ("mos", 64, 5): [145.0, 147.0, 146.0],
+    ("mos", 32, 1): [230.0, 228.0],  # the matched-body control, two seeds
+    ("r_softmax", 16, None): [9.0e5, 1.1e6, 1.3e6], ("r_softmax", 32, None): [7.0e5, 8.0e5, 6.0e5],
+}
+
+
+def study_run(root: Path, head: str, d: int, k: int | None, seed: int, test_ppl: float) -> Path:
+    """A run folder as the study's trainer writes it: output_embedding_size, the body's input size apart,
+    per-head learning rates and valid_subset lines with tokens and seconds."""
+    name = f"awd_lstm-ptb-{head}-s{seed}-d_embedding{d}" + (f"-n_components{k}" if k else "")
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    lr = {"softmax": 20.0, "mos": 10.0, "r_softmax": 5.0}[head]
+    config = {"data": {"name": "ptb", "path": "/local/ptb"}, "run": {"output_dir": str(root), "name": name},
+              "model": {"body": "awd_lstm", "d_embedding": d, "d_hidden": 256, "d_last": None, "tie_weights": True},
+              "head": {"name": head, "n_components": k or 5, "r": 0.5},
+              "train": {"seed": seed, "lr": lr, "epochs": 1, "max_steps": 600}}
+    result = {"run": name, "body": "awd_lstm", "head": head, "dataset": "ptb", "seed": seed, "val_ppl": test_ppl * 1.05,
+              "test_ppl": test_ppl, "n_params": 10_000 + d, "output_embedding_size": d,
+              "head_input_size": d if head == "softmax" else 256, "training_tokens": 420_000, "steps": 600,
+              "tokens_per_second": 5000.0, "wall_time_s": 100.0, "git_commit": "f" * 40, "git_dirty": False,
+              "test_zero_target_fraction": 0.4 if head == "r_softmax" else 0.0, "config": config}
+    (run_dir / "result.json").write_text(json.dumps(result))
+    slow = {"softmax": 1.0, "mos": 3.0, "r_softmax": 1.5}[head]
+    lines = [{"event": "valid_subset", "epoch": 1, "step": step, "tokens": step * 700 + seed, "train_time_s": step * 0.1 * slow,
+              "wall_time_s": step * 0.12 * slow, "val_loss": 0.0, "val_ppl": test_ppl * (1 + 100 / step), "subset_tokens": 5000}
+             for step in (100, 200, 300, 400, 500, 600)]
+    lines.append({"event": "valid", "epoch": 1, "step": 600, "tokens": 420_000, "train_time_s": 60.0 * slow,
+                  "wall_time_s": 80.0 * slow, "val_loss": 0.0, "val_ppl": test_ppl * 1.05})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rank_value = d + 2 if head == "softmax" else 40 * d
+    (run_dir / "rank.json").write_text(json.dumps({
+        "rank": {"nr": rank_value, "numpy": rank_value}, "max_rank": 5000, "n_rows": 5000, "split": "valid",
+        "embedding": {"shape": [10000, d]}, "singular_values": spectrum(200, min(rank_value, 200)), "effective_rank": 3.0}))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study") / "results"
+    for (head, d, k), values in STUDY_PPL.items():
+        for seed, value in enumerate(values, 1):
+            study_run(root, head, d, k, seed, value)
+    return root
+
+
+def t_quantile_975_two_dof() -> float:
+    """The 97.5% quantile of Student's t with 2 degrees of freedom, in closed form: F(t) = 1/2 + t / (2 sqrt(2 + t^2))."""
+    return math.sqrt(2 * 0.95 ** 2 / (1 - 0.95 ** 2))
+
+
+def welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Difference of means and the two-sided Welch p-value from the textbook formulas (t CDF via the
+    regularized incomplete beta function)."""
+    from scipy.special import betainc
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    t = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return statistics.fmean(a) - statistics.fmean(b), betainc(dof / 2, 0.5, dof / (dof + t * t))
+
+
+def test_statistics_equal_hand_computed_values(study):
+    frame = summarize(load_runs(study))
+    assert frame.attrs["varying_keys"] == ["model.d_embedding", "head.n_components", "train.lr"]
+    assert frame.attrs["compared_on"] == ["dataset", "body", "d", "model.d_embedding"]  # lr is fixed per head: not matched
+    rows = {(r["head"], r["d"], None if pd.isna(r["n_components"]) else r["n_components"]): r for _, r in frame.iterrows()}
+    assert set(rows) == set(STUDY_PPL) and len(frame) == len(STUDY_PPL)
+    for key, values in STUDY_PPL.items():
+        row = rows[key]
+        n = len(values)
+        mean = sum(values) / n
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        assert row["n_seeds"] == n and math.isclose(row["test_ppl_mean"], mean, rel_tol=1e-12)
+        assert math.isclose(row["test_ppl_std"], std, rel_tol=1e-12)
+        if n == 3:
+            half = t_quantile_975_two_dof() * std / math.sqrt(3)
+            assert math.isclose(row["test_ppl_ci95_low"], mean - half, rel_tol=1e-9)
+            assert math.isclose(row["test_ppl_ci95_high"], mean + half, rel_tol=1e-9)
+        head, d, _ = key
+        if head == "softmax":
+            assert pd.isna(row["test_ppl_diff_vs_softmax"]) and pd.isna(row["test_ppl_welch_p"])
+        else:  # against softmax at the same d, whatever the head's K or learning rate
+            diff, p = welch_by_hand(values, STUDY_PPL[("softmax", d, None)])
+            assert math.isclose(row["test_ppl_diff_vs_softmax"], diff, rel_tol=1e-12)
+            assert math.isclose(row["test_ppl_welch_p"], p, rel_tol=1e-6) and 0 < p < 1
+    # two seeds have a confidence interval too: t(0.975, 1) = tan(0.475 pi)
+    control = STUDY_PPL[("mos", 32, 1)]
+    half = math.tan(0.475 * math.pi) * statistics.stdev(control) / math.sqrt(2)
+    assert math.isclose(rows[("mos", 32, 1)]["test_ppl_ci95_high"], statistics.fmean(control) + half, rel_tol=1e-9)
+    # d is the output embedding size, not the body's output (256 for the mixtures)
+    assert sorted(set(frame["d"])) == [16, 32, 64] and frame["d"].dtype == "Int64"
+    # head options a head does not take are empty, not the config's unused value
+    assert frame[frame["head"] == "softmax"]["n_components"].isna().all()
+
+
+def test_summary_files_carry_the_statistics(study, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(study, root)
+    out = write_summary(root, command="softmax-bench plot copy")
+    rows = read_csv(out["csv"])
+    frame = out["frame"]
+    assert [r["head"] for r in rows] == list(frame["head"])
+    first_mos = next(r for r in rows if r["head"] == "mos")
+    assert float(first_mos["test_ppl_welch_p"]) == frame[frame["head"] == "mos"]["test_ppl_welch_p"].iloc[0]
+    assert first_mos["n_components"] == "5" and first_mos["d"] == "16"  # integers stay integers beside empty cells
+    data = json.loads(out["json"].read_text())
+    assert data["columns"] == list(frame.columns) and data["summary_code"]["git_commit"]
+    assert data["rows"][0]["n_components"] is None and data["rows"][0]["test_ppl_welch_p"] is None
+    md = out["markdown"].read_text()
+    assert "Welch's t-test" in md and "test ppl 95% CI" in md and "(p = " in md
+    assert "| head | d_embedding | n_components | lr | d | parameters |" in md and "| mos | 32 | 1 | 10 | 32 |" in md
+    assert "None" not in out["tables"]
+
+
+def all_text(figure) -> str:
+    texts = [figure._suptitle.get_text() if figure._suptitle else ""]
+    for ax in figure.axes:
+        texts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), *ax.get_legend_handles_labels()[1]]
+        texts += [t.get_text() for t in ax.texts]
+    for legend in figure.legends:
+        texts += [t.get_text() for t in legend.get_texts()]
+    return "\n".join(texts)
+
+
+def test_study_plots_have_the_expected_series(study, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from lm.summary import figures, save_figure
+
+    made = dict(figures(load_runs(study)))
+    assert sorted(made) == [f"{name}-ptb-awd_lstm.png" for name in
+                            ("rank-vs-d", "spectrum", "sweeps", "test-ppl-vs-d", "valid-ppl", "valid-vs-time",
+                             "valid-vs-tokens")]
+    for name, figure in made.items():
+        text = all_text(figure)
+        assert "Penn Treebank" in text and "AWD-LSTM" in text and "420 thousand training tokens (600 steps)" in text, name
+        for internal in ("None", "max_steps", "d_embedding", "n_components", "r_softmax", "awd_lstm", "d + 1"):
+            assert internal not in text, (name, internal)
+
+    # test perplexity against d: log-log; softmax, MoS and MoS with K = 1 in one panel, r-softmax in its own
+    dense, sparse = made["test-ppl-vs-d-ptb-awd_lstm.png"].axes
+    assert dense.get_xscale() == "log" and dense.get_yscale() == "log" and sparse.get_yscale() == "log"
+    handles, labels = dense.get_legend_handles_labels()
+    assert labels == ["softmax", "MoS (K = 1)", "MoS (K = 5)"]
+    assert sparse.get_legend_handles_labels()[1] == ["r-softmax"] and "sparse head" in sparse.get_title()
+    softmax_line = handles[0].lines[0]
+    assert list(softmax_line.get_xdata()) == [16, 32, 64]
+    assert list(softmax_line.get_ydata()) == [statistics.fmean(STUDY_PPL[("softmax", d, None)]) for d in (16, 32, 64)]
+    assert list(handles[1].lines[0].get_xdata()) == [32]
+
+    # rank against d with the softmax bound at d + 2
+    (ax,) = made["rank-vs-d-ptb-awd_lstm.png"].axes
+    bound = next(line for line in ax.get_lines() if line.get_label() == "softmax bound d + 2")
+    assert list(bound.get_xdata()) == [16, 32, 64] and list(bound.get_ydata()) == [18, 34, 66]
+
+    # spectra: one panel per d, the dashed line at d + 2
+    spectra = made["spectrum-ptb-awd_lstm.png"].axes
+    assert [a.get_title() for a in spectra] == ["d = 16", "d = 32", "d = 64"]
+    for a, d in zip(spectra, (16, 32, 64)):
+        verticals = [line for line in a.get_lines() if line.get_label() == "softmax bound d + 2"]
+        assert [line.get_xdata()[0] for line in verticals] == [d + 2]
+
+    # validation against tokens and seconds: mean over seeds at each evaluation; sparse heads apart
+    tokens = made["valid-vs-tokens-ptb-awd_lstm.png"].axes
+    assert [a.get_title() for a in tokens] == ["d = 16", "d = 32", "d = 64", "d = 16; r-softmax (sparse head, smoothed)",
+                                              "d = 32; r-softmax (sparse head, smoothed)"]
+    # a line has one label and style in every panel (MoS at K = 5 is "MoS (K = 5)" at d = 16 too)
+    assert [l.get_label() for l in tokens[0].get_lines()] == ["softmax", "MoS (K = 5)"]
+    styles = {(l.get_label(), l.get_color(), l.get_marker(), str(l.get_linestyle())) for a in tokens for l in a.get_lines()}
+    assert len(styles) == len({s[0] for s in styles}) == 4
+    line = next(l for l in tokens[0].get_lines() if l.get_label() == "softmax")
+    assert list(line.get_xdata()) == [step * 700 + 2 for step in (100, 200, 300, 400, 500, 600)]  # mean of seeds 1..3
+    assert math.isclose(line.get_ydata()[0], statistics.fmean(STUDY_PPL[("softmax", 16, None)]) * 2)
+    seconds = made["valid-vs-time-ptb-awd_lstm.png"].axes[0]
+    mos = next(l for l in seconds.get_lines() if l.get_label() == "MoS (K = 5)")
+    assert math.isclose(mos.get_xdata()[-1], 600 * 0.1 * 3.0) and seconds.get_yscale() == "log"
+    assert "training time" in seconds.get_xlabel()
+
+    # the K sweep at d = 32 (the matched-body control K = 1 and K = 5) beside softmax at d = 32
+    ppl, rank = made["sweeps-ptb-awd_lstm.png"].axes
+    (sweep,) = [c for c in ppl.containers if c.get_label() == "MoS"]
+    assert list(sweep.lines[0].get_xdata()) == [1, 5]
+    assert list(sweep.lines[0].get_ydata()) == [statistics.fmean(STUDY_PPL[("mos", 32, k)]) for k in (1, 5)]
+    reference = next(l for l in ppl.get_lines() if l.get_label() == "softmax at d = 32")
+    assert reference.get_ydata()[0] == statistics.fmean(STUDY_PPL[("softmax", 32, None)])
+    assert any(l.get_label() == "softmax bound d + 2" and l.get_ydata()[0] == 34 for l in rank.get_lines())
+
+    for name, figure in made.items():
+        path = save_figure(figure, tmp_path / name)
+        assert_png(path)
+    plt.close("all")
+
+
+def test_api_summarize_returns_a_dataframe(study):
+    from lm.api import summarize as api_summarize
+
+    frame = api_summarize(study)
+    assert isinstance(frame, pd.DataFrame) and len(frame) == len(STUDY_PPL)
+    assert {"test_ppl_mean", "test_ppl_ci95_low", "test_ppl_welch_p", "n_seeds"} <= set(frame.columns)
+    per_run = api_summarize(study, per_run=True)
+    assert len(per_run) == sum(len(v) for v in STUDY_PPL.values()) and set(per_run["seed"]) == {1, 2, 3}
+    with pytest.raises(UserError, match="does not exist"):
+        api_summarize(study / "missing")
+
+
+def test_d_of_older_run_files(tmp_path):
+    from lm.summary import output_embedding_size
+
+    tied = {"model": {"body": "awd_lstm", "d_embedding": 128, "d_hidden": 256, "d_last": None, "tie_weights": True},
+            "head": {"name": "mos", "d_latent": None}}
+    # a tied MoS reads the 256-wide last layer but its output embedding is the 128-wide input embedding
+    assert output_embedding_size({"head_input_size": 256, "config": tied}) == (128, "output embedding size")
+    assert output_embedding_size({"head_input_size": 256, "config": tied}, {"embedding": {"shape": [900, 96]}})[0] == 96
+    assert output_embedding_size({"output_embedding_size": 64, "head_input_size": 256, "config": tied})[0] == 64
+    softmax = {"model": tied["model"], "head": {"name": "softmax"}}
+    assert output_embedding_size({"head_input_size": 128, "config": softmax}) == (128, "output embedding size")
+
+
+README = """# A project
+
+Intro text stays.
+
+<!-- table:results/study#ptb -->
+old PTB table, typed by hand
+<!-- /table:results/study#ptb -->
+
+Between the tables.
+
+<!-- table:results/study -->
+<!-- /table:results/study -->
+
+<!-- table:results/other -->
+left alone by plot --readme results/study
+<!-- /table:results/other -->
+"""
+
+
+@pytest.fixture
+def small_study(tmp_path) -> Path:
+    """Softmax and MoS at d = 16 and 32, three seeds each (few plots: quick to summarize)."""
+    root = tmp_path / "repo" / "results" / "study"
+    for (head, d, k), values in STUDY_PPL.items():
+        if head in ("softmax", "mos") and k != 1 and d in (16, 32):
+            for seed, value in enumerate(values, 1):
+                study_run(root, head, d, k, seed, value)
+    return root
+
+
+def load_script(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_tables_come_from_the_summary(small_study, tmp_path, capsys):
+    import argparse
+    import subprocess
+    import sys
+
+    root = tmp_path / "repo"
+    readme = root / "README.md"
+    readme.write_text(README)
+    parser = argparse.ArgumentParser()
+    plot_command.add_arguments(parser)
+    assert plot_command.run(parser.parse_args([str(root / "results" / "study"), "--readme", str(readme)])) == 0
+    assert f"{readme}: results/study#ptb, results/study updated" in capsys.readouterr().out
+    text = readme.read_text()
+    frame = summarize(load_runs(small_study))
+    softmax16 = frame[(frame["head"] == "softmax") & (frame["d"] == 16)].iloc[0]
+    block = text.split("<!-- table:results/study#ptb -->")[1].split("<!-- /table:results/study#ptb -->")[0]
+    assert "typed by hand" not in block and "### " not in block  # one corpus: no heading
+    assert f"| softmax | 16 | 20 | 16 | 10,016 | {softmax16['val_ppl_mean']:,.2f} ± {softmax16['val_ppl_std']:,.2f} |" in block
+    assert "### ptb (awd_lstm)" not in text.split("<!-- table:results/study -->")[1]  # one block: no heading either
+    assert text.startswith("# A project\n\nIntro text stays.\n") and "\nBetween the tables.\n" in text
+    assert "left alone by plot --readme results/study" in text
+    # The script, as a command: every marker; results/other has no summary -> one sentence, exit 2, file unchanged.
+    script = [sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "readme_tables.py")]
+    done = subprocess.run([*script, str(readme)], capture_output=True, text=True)
+    assert done.returncode == 2 and "results/other/summary.json does not exist" in done.stderr.replace(str(root) + "/", "")
+    assert "Traceback" not in done.stderr and readme.read_text() == text
+    readme.write_text(text.replace(text[text.index("<!-- table:results/other -->"):], ""))
+    main = load_script("readme_tables").main  # the same script in this process (quicker)
+    assert main([str(readme), "--check"]) == 0 and "up to date" in capsys.readouterr().out
+    readme.write_text(readme.read_text().replace("| softmax | 16 |", "| softmax | 17 |"))  # a hand edit
+    assert main([str(readme), "--check"]) == 1 and "out of date" in capsys.readouterr().out
+    assert main([str(readme)]) == 0 and "| softmax | 17 |" not in readme.read_text()
+
+
+def test_readme_marker_errors_are_one_sentence(small_study, tmp_path):
+    from lm.readme import update_readme
+
+    write_summary(small_study)
+    readme = small_study.parent / "README.md"
+    for text, message in [("<!-- table:study -->\nno end\n", "has no closing <!-- /table:study -->"),
+                          ("<!-- table:study#wikitext-2 -->\n<!-- /table:study#wikitext-2 -->\n",
+                           "has no runs on corpus wikitext-2; it has: ptb")]:
+        readme.write_text(text)
+        with pytest.raises(UserError, match=message):
+            update_readme(readme)
+    with pytest.raises(UserError, match="does not exist"):
+        update_readme(tmp_path / "missing.md")
+
+
+def test_a_resumed_run_counts_each_evaluation_once(tmp_path):
+    from lm.summary import figure_validation_against, group_runs
+
+    run_dir = study_run(tmp_path, "softmax", 16, None, 1, 300.0)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    # killed after step 400, resumed from the step-300 checkpoint: steps 400.. are logged again, a bit different
+    again = [json.loads(line) for line in lines if json.loads(line).get("step", 0) >= 400 and "subset_tokens" in line]
+    for record in again:
+        record["val_ppl"] *= 0.99
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines[:4] + [json.dumps(r) for r in again] + lines[-1:]) + "\n")
+    keys, groups = group_runs(load_runs(tmp_path))
+    figure = figure_validation_against(groups, keys, "tokens")
+    (line,) = figure.axes[0].get_lines()
+    assert list(line.get_xdata()) == [step * 700 + 1 for step in (100, 200, 300, 400, 500, 600)]
+    assert line.get_ydata()[3] == 300.0 * (1 + 100 / 400) * 0.99  # the line logged after the resume counts
+
+
+def test_a_learning_rate_pilot_sweep_gets_its_own_plot(tmp_path):
+    from lm.summary import figures
+
+    ppl = {("softmax", 10.0): [220.0, 224.0], ("softmax", 20.0): [210.0, 216.0], ("mos", 10.0): [190.0, 194.0],
+           ("mos", 20.0): [260.0, 250.0]}
+    for (head, lr), values in ppl.items():
+        for seed, value in enumerate(values, 1):
+            run_dir = study_run(tmp_path / f"lr{lr}", head, 32, None, seed, value)
+            result = json.loads((run_dir / "result.json").read_text())
+            result["config"]["train"]["lr"] = lr
+            (run_dir / "result.json").write_text(json.dumps(result))
+    frame = summarize(load_runs(tmp_path))
+    assert frame.attrs["compared_on"] == ["dataset", "body", "d", "train.lr"]  # swept for every head: matched
+    mos20 = frame[(frame["head"] == "mos") & (frame["lr"] == 20.0)].iloc[0]
+    assert math.isclose(mos20["test_ppl_diff_vs_softmax"], statistics.fmean([260.0, 250.0]) - statistics.fmean([210.0, 216.0]))
+    made = dict(figures(load_runs(tmp_path)))
+    assert "test-ppl-ptb-awd_lstm.png" in made and "test-ppl-vs-d-ptb-awd_lstm.png" not in made  # one d
+    (ax,) = made["valid-vs-lr-ptb-awd_lstm.png"].axes
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["softmax", "MoS"] and ax.get_xlabel() == "learning rate"
+    assert list(handles[1].lines[0].get_xdata()) == [10.0, 20.0]
+    assert list(handles[1].lines[0].get_ydata()) == [statistics.fmean([v * 1.05 for v in ppl[("mos", lr)]]) for lr in (10.0, 20.0)]
+    assert "d = 32" in all_text(made["valid-vs-lr-ptb-awd_lstm.png"])
