@@ -708,6 +708,7 @@ class Trainer:
             "head_input_size": model.body.d_output,
             "output_embedding_size": model.head.decoder.weight.shape[1],  # d of the rank bound
             "vocab_size": len(corpus.vocab),
+            "corpus": corpus.record(),  # folder, and per split: file, bytes, SHA-256, tokens
             "averaged_sgd": state.averaging,
             **{f"test_{k}": test[k] for k in ("smoothing", "zero_fraction", "zero_target_fraction") if k in test},
             **provenance(self.device),

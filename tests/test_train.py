@@ -40,6 +40,11 @@ def test_loss_decreases_and_result_is_complete(tmp_path):
     assert result["test_batch_size"] == 1 and result["eval_batch_size"] == 2
     assert json.loads((run_dir / "result.json").read_text())["test_ppl"] == result["test_ppl"]
     assert (run_dir / "best.pt").exists() and (run_dir / "config.yaml").exists()
+    import hashlib
+
+    splits = result["corpus"]["splits"]  # the corpus the numbers came from: token counts and checksums
+    assert splits["train"]["sha256"] == hashlib.sha256((corpus / "train.txt").read_bytes()).hexdigest()
+    assert splits["valid"]["tokens"] == sum(len(line.split()) + 1 for line in (corpus / "valid.txt").read_text().splitlines())
 
 
 def test_same_seed_gives_identical_numbers(tiny_corpus, tmp_path):
