@@ -65,3 +65,28 @@ def test_scripts_are_executable_and_strict():
         text = path.read_text()
         assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text, path
         assert os.access(path, os.X_OK), f"{path} is not executable"
+
+
+def test_check_reproduces_confirms_a_run_and_catches_a_changed_loss(tiny_corpus, tmp_path):
+    """scripts/check_reproduces.py re-runs a finished run's config for its first steps: same losses pass,
+    an altered committed loss fails."""
+    from lm.config import load_config
+    from lm.train import run_dir_for, train
+
+    config = load_config(ROOT / "configs" / "ptb-lite-lstm.yaml",
+                         tiny_overrides(tiny_corpus, tmp_path / "runs", **{"train.log_every": 2, "train.epochs": 2}))
+    train(config)
+    run_dir = run_dir_for(config)
+    command = [sys.executable, str(SCRIPTS / "check_reproduces.py"), str(run_dir), "--steps", "6"]
+    environment = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(" same") == 3 and "reproduce exactly" in done.stdout  # steps 2, 4, 6
+
+    metrics = run_dir / "metrics.jsonl"
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    changed = next(r for r in lines if r["event"] == "train" and r["step"] == 4)
+    changed["loss"] += 1e-12
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert done.returncode == 1 and "DIFFERENT" in done.stdout and "do NOT reproduce" in done.stdout
