@@ -76,7 +76,7 @@ class TrainConfig:
     lr: float = 30.0  # learning rate (--lr)
     clip: float = 0.25  # gradient norm clipping, 0 for none (--clip)
     epochs: int = 500  # epochs (--epochs)
-    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, benchmarks)
+    max_steps: int | None = None  # stop after this many optimizer steps, fine-tuning included (smoke runs, benchmarks)
     batch_size: int = 20  # training batch size: number of contiguous columns (--batch_size)
     bptt: int = 70  # mean BPTT window length (--bptt)
     variable_bptt: bool = True  # AWD-LSTM's random window length around bptt (lr scaled by length / bptt)

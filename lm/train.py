@@ -652,7 +652,8 @@ class Trainer:
         """The step at which the current stage ends (at the latest)."""
         t, state = self.t, self.state
         if state.stage == "finetune":
-            return state.stage_start_step + t.finetune_epochs * self.steps_per_epoch
+            end = state.stage_start_step + t.finetune_epochs * self.steps_per_epoch
+            return min(end, t.max_steps) if t.max_steps else end  # max_steps bounds the whole run
         return t.max_steps or t.epochs * self.steps_per_epoch
 
     def stage_epochs(self) -> int:
