@@ -20,9 +20,15 @@ the averaged weights used for evaluation and the best checkpoint). AdamW recipe:
 cosine decay to zero over the run.
 
 The average is kept explicitly (``avg += (w - avg) / n`` per parameter) rather than with
-``torch.optim.swa_utils.AveragedModel``: that class updates with ``lerp`` and a tensor step count, whose
-rounding differs from this formula, so runs finished before would not be reproducible bit for bit; it
-would also hold a second deep copy of the model where the average needs only the parameters.
+``torch.optim.swa_utils.AveragedModel``: that class's update (a tensor step count on the device) rounds
+differently from this formula (after 200 updates of a 50 x 50 layer a third of the entries differ in the
+last bits), so runs finished before would not be reproducible bit for bit; it would also hold a second
+deep copy of the model where the average needs only the parameters.
+
+Fine-tuning (``train.finetune_epochs``) is a second stage in the same folder: averaged SGD restarted from
+``best.pt`` and stopped by the same non-monotone trigger. Dynamic evaluation (``train.dynamic_eval``,
+:mod:`lm.dynamic_eval`) adds its perplexities to the result. Under ``torchrun`` the batch's columns are
+split across processes (:mod:`lm.distributed`); ``train.precision`` runs the body under autocast.
 
 Exact resume: the checkpoint holds the model, optimizer, average, every generator (torch, numpy,
 python, CUDA, the BPTT-length sampler), the position within the epoch, the carried hidden state and the
@@ -452,6 +458,8 @@ class Trainer:
         self.config = config
         self.t = config.train
         self.world: World = world_from_environment()
+        if config.train.batch_size % self.world.size:
+            raise UserError(f"train.batch_size={config.train.batch_size} must be divisible by the {self.world.size} processes of torchrun.")
         self.progress = progress and self.world.is_main
         self.say = (say or (lambda message: None)) if self.world.is_main else (lambda message: None)
         self.run_dir = run_dir_for(config)
@@ -540,8 +548,6 @@ class Trainer:
         self.loss_module = None
         if not world.enabled:
             return train_data
-        if t.batch_size % world.size:
-            raise UserError(f"train.batch_size={t.batch_size} must be divisible by the {world.size} processes of torchrun.")
         self.state_dims = batch_dims(self.model.init_state)
         torch.manual_seed(t.seed + world.rank)  # dropout masks differ between the processes' columns
         device_ids = [self.device.index] if self.device.type == "cuda" else None
