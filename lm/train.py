@@ -478,7 +478,8 @@ class Trainer:
                     self.folder.check_writable()
                 barrier(self.world)
                 with self.folder.locked():
-                    finished = broadcast_object(self.world, self.folder.finished_result())  # finished meanwhile?
+                    finished = self.folder.finished_result() if self.world.is_main else None  # finished meanwhile?
+                    finished = broadcast_object(self.world, finished)
                     if finished is None:
                         self.folder.remove_temporaries()
                         return self.train(corpus)
