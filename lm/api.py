@@ -58,8 +58,12 @@ def load_run(run_dir: str | Path, device: str = "cpu", data_path: str | None = N
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", batch_size: int | None = None,
-                 device: str = "cpu", data_path: str | None = None) -> dict:
-    """Perplexity of a run's best checkpoint on one split (batch size from the config unless given)."""
+                 device: str = "cpu", data_path: str | None = None, dynamic: bool = False) -> dict:
+    """Perplexity of a run's best checkpoint on one split (batch size from the config unless given).
+
+    ``dynamic``: also ``ppl_dynamic``, the perplexity under dynamic evaluation (:mod:`lm.dynamic_eval`,
+    settings ``train.dynamic_eval_*`` of the run's config).
+    """
     if split not in ("train", "valid", "test"):
         raise UserError(f"split must be train, valid or test, not {split!r}.")
     model, corpus, config = load_run(run_dir, device=device, data_path=data_path)
@@ -69,6 +73,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test", batch_size: int | Non
     if batch_size < 1:
         raise UserError("the batch size must be at least 1.")
     result = evaluate(model, corpus.split(split), batch_size, t.eval_bptt or t.bptt)
+    if dynamic:
+        from lm.dynamic_eval import DynamicEvaluation
+
+        evaluation = DynamicEvaluation.from_config(t)
+        evaluation.collect_statistics(model, corpus.train)
+        adapted = evaluation.evaluate(model, corpus.split(split))
+        result.update(ppl_dynamic=adapted["ppl"], loss_dynamic=adapted["loss"], dynamic_eval=evaluation.settings())
     return {"split": split, **result}
 
 

@@ -92,7 +92,7 @@ class TrainConfig:
     lr: float = 30.0  # learning rate (--lr)
     clip: float = 0.25  # gradient norm clipping, 0 for none (--clip)
     epochs: int = 500  # epochs (--epochs)
-    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, benchmarks)
+    max_steps: int | None = None  # stop after this many optimizer steps, fine-tuning included (smoke runs, benchmarks)
     batch_size: int = 20  # training batch size: number of contiguous columns (--batch_size)
     bptt: int = 70  # mean BPTT window length (--bptt)
     variable_bptt: bool = True  # AWD-LSTM's random window length around bptt (lr scaled by length / bptt)
@@ -112,6 +112,16 @@ class TrainConfig:
     log_every: int = 50  # optimizer steps between metric lines
     eval_every: int = 0  # optimizer steps between evaluations on a fixed validation subset (0: off)
     eval_subset_tokens: int = 10000  # the first N tokens of the validation split used for them
+    precision: str = "fp32"  # fp32, bf16 or fp16 (torch.autocast on the body in training; heads, evaluation and rank stay float32/64)
+    finetune_epochs: int = 0  # fine-tuning stage: averaged SGD restarted from best.pt, at most N epochs, stopped by the nonmono trigger (finetune.py; 0: none)
+    finetune_lr: float | None = None  # learning rate of the fine-tuning stage (finetune.py --lr; null: train.lr)
+    dynamic_eval: bool = False  # at the end also report dynamic-evaluation perplexities (Krause et al. 2018, MoS dynamiceval.py)
+    dynamic_eval_lr: float = 0.002  # dynamic evaluation step size eta (dynamiceval.py --lr)
+    dynamic_eval_lambda: float = 0.02  # decay rate back to the trained weights (--lamb; MoS PTB 0.075)
+    dynamic_eval_epsilon: float = 0.001  # stabilizer of the RMS-normalized step (--epsilon; MoS WikiText-2 0.002)
+    dynamic_eval_bptt: int = 5  # window length of each dynamic update (--bptt)
+    dynamic_eval_stat_batch_size: int = 100  # batch size of the gradient statistics on the training split (--batch_size)
+    dynamic_eval_max_batches: int | None = None  # at most this many batches for the statistics (null: all; --max_batches)
 
 
 @dataclass
@@ -436,6 +446,14 @@ def validate(config: ExperimentConfig) -> None:
     _check(t.checkpoint_every >= 0 and t.log_every >= 1, "train.checkpoint_every must be >= 0 and train.log_every >= 1.")
     _check(t.eval_every >= 0, f"train.eval_every must not be negative, got {t.eval_every}.")
     _check(t.eval_subset_tokens >= 2, f"train.eval_subset_tokens must be at least 2, got {t.eval_subset_tokens}.")
+    _check(t.precision in ("fp32", "bf16", "fp16"), f"train.precision must be fp32, bf16 or fp16, not {_show(t.precision)}.")
+    _check(t.finetune_epochs >= 0, f"train.finetune_epochs must not be negative, got {t.finetune_epochs}.")
+    _check(t.finetune_lr is None or t.finetune_lr > 0, "train.finetune_lr must be positive or null.")
+    for key in ("dynamic_eval_lr", "dynamic_eval_lambda", "dynamic_eval_epsilon"):
+        _check(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}.")
+    for key in ("dynamic_eval_bptt", "dynamic_eval_stat_batch_size"):
+        _check(getattr(t, key) >= 1, f"train.{key} must be at least 1, got {getattr(t, key)}.")
+    _check(t.dynamic_eval_max_batches is None or t.dynamic_eval_max_batches >= 1, "train.dynamic_eval_max_batches must be at least 1 or null.")
     _check(0 <= t.seed < _LARGEST_INT, f"train.seed must be in [0, 2**63), got {t.seed}.")
     _check(
         r.name is None or (r.name not in (".", "..") and not any(c in r.name for c in "/\\")),

@@ -2,7 +2,9 @@
 
 ``LanguageModel(body, head)``: the body maps tokens ``(B, T)`` to hidden states ``(B, T, d)``; the head
 maps hidden states to normalized log-probabilities ``(B, T, V)``. The loss is the same NLL for every
-head; heads compute it through ``head.loss`` so that a mixture can use its memory-saving fused path.
+head; heads compute it through ``head.loss`` so that a mixture can use its memory-saving fused path. Under
+``torch.autocast`` (mixed-precision training) only the body runs in the lower precision: the head, with
+its log-sum-exp and mixture math, gets the hidden states in float32 and runs with autocast off.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class LanguageModel(nn.Module):
         if state is None:
             state = self.body.init_state(tokens.size(0))
         out = self.body(tokens, state)
+        device_type = out.hidden.device.type
+        if torch.is_autocast_enabled(device_type):  # mixed precision: the body only; the head in float32
+            with torch.autocast(device_type, enabled=False):
+                return self.head.loss(out.hidden.float(), targets, reduction="none"), out.state, out.penalty
         return self.head.loss(out.hidden, targets, reduction="none"), out.state, out.penalty
 
     def n_params(self) -> int:

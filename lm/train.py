@@ -20,9 +20,15 @@ the averaged weights used for evaluation and the best checkpoint). AdamW recipe:
 cosine decay to zero over the run.
 
 The average is kept explicitly (``avg += (w - avg) / n`` per parameter) rather than with
-``torch.optim.swa_utils.AveragedModel``: that class updates with ``lerp`` and a tensor step count, whose
-rounding differs from this formula, so runs finished before would not be reproducible bit for bit; it
-would also hold a second deep copy of the model where the average needs only the parameters.
+``torch.optim.swa_utils.AveragedModel``: that class's update (a tensor step count on the device) rounds
+differently from this formula (after 200 updates of a 50 x 50 layer a third of the entries differ in the
+last bits), so runs finished before would not be reproducible bit for bit; it would also hold a second
+deep copy of the model where the average needs only the parameters.
+
+Fine-tuning (``train.finetune_epochs``) is a second stage in the same folder: averaged SGD restarted from
+``best.pt`` and stopped by the same non-monotone trigger. Dynamic evaluation (``train.dynamic_eval``,
+:mod:`lm.dynamic_eval`) adds its perplexities to the result. Under ``torchrun`` the batch's columns are
+split across processes (:mod:`lm.distributed`); ``train.precision`` runs the body under autocast.
 
 Exact resume: the checkpoint holds the model, optimizer, average, every generator (torch, numpy,
 python, CUDA, the BPTT-length sampler), the position within the epoch, the carried hidden state and the
@@ -46,6 +52,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -69,6 +76,19 @@ from lm.checkpoint import (
 from lm.config import ExperimentConfig, run_name, save_config, to_dict
 from lm.data import load_corpus
 from lm.data.batching import batchify, sample_window_length, window
+from lm.distributed import (
+    World,
+    barrier,
+    batch_dims,
+    broadcast_object,
+    device_for,
+    gather_objects,
+    gather_state,
+    mean_over_processes,
+    process_group,
+    split_state,
+    world_from_environment,
+)
 from lm.errors import UserError
 from lm.evaluate import evaluate
 from lm.models import detach_state
@@ -111,6 +131,10 @@ class TrainState:
     lr_scale: float = 1.0  # learning-rate factor, rollback_lr_factor ** rollbacks
     rollbacks: int = 0  # rollbacks after non-finite values (train.on_nonfinite=rollback)
     metrics_bytes: int | None = None  # length of metrics.jsonl at the checkpoint (None: unknown, keep all)
+    stage: str = "train"  # train, then finetune (train.finetune_epochs: averaged SGD restarted from best.pt)
+    stage_start_step: int = 0  # optimizer steps done when the current stage began
+    stage_stopped: bool = False  # the fine-tuning stage's non-monotone trigger fired
+    train_epochs: int = 0  # the epoch counter at the end of the training stage (set when fine-tuning starts)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -172,10 +196,44 @@ def _adamw_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _make_optimizer(model: torch.nn.Module, t) -> torch.optim.Optimizer:
+def _make_optimizer(model: torch.nn.Module, t, stage: str = "train") -> torch.optim.Optimizer:
+    """The optimizer of a stage: train.optimizer for training, SGD for fine-tuning (as finetune.py)."""
+    if stage == "finetune":
+        return torch.optim.SGD(model.parameters(), lr=t.finetune_lr or t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas))
+
+
+class _LossOf(torch.nn.Module):
+    """``model.loss`` as a module's forward, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs, targets, hidden):
+        return self.model.loss(inputs, targets, hidden)
+
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def _cpu_autocast(dtype: torch.dtype) -> Iterator[None]:
+    """CPU autocast, with oneDNN off: its LSTM primitive fails under autocast on CPUs without native
+    bf16 ("could not create a primitive descriptor"); the native kernel runs the LSTM in float32."""
+    with warnings.catch_warnings():  # the flags switch warns about Intel-GPU TF32, irrelevant here
+        warnings.simplefilter("ignore")
+        flags = torch.backends.mkldnn.flags(enabled=False)
+        flags.__enter__()
+    try:
+        with torch.autocast("cpu", dtype=dtype):
+            yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flags.__exit__(None, None, None)
 
 
 # --- generator states (stored as tensors and plain lists so checkpoints load with weights_only) ---
@@ -245,10 +303,11 @@ def averaged_weights(model: torch.nn.Module, average: dict[str, torch.Tensor] | 
 class RunFolder:
     """The files of one run: lock, config check, checkpoints (with the ``.prev`` fallback), metrics, result."""
 
-    def __init__(self, path: Path, config: ExperimentConfig, say: Callable[[str], None]):
+    def __init__(self, path: Path, config: ExperimentConfig, say: Callable[[str], None], writer: bool = True):
         self.path = path
         self.config = config
         self.say = say
+        self.writer = writer  # False in processes other than 0 of a multi-process run: they read, never write
         self.last = path / "last.pt"
         self.best = path / "best.pt"
         self.metrics = path / "metrics.jsonl"
@@ -315,8 +374,8 @@ class RunFolder:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the folder's lock; storage errors inside become one sentence."""
-        with run_lock(self.path):
+        """Hold the folder's lock (the writer does); storage errors inside become one sentence."""
+        with run_lock(self.path) if self.writer else contextlib.nullcontext():
             try:
                 yield
             except OSError as error:
@@ -328,10 +387,13 @@ class RunFolder:
                 ) from None
 
     def remove_temporaries(self) -> None:
-        remove_temporaries(self.path, RUN_FILES)  # left by writers that were killed
+        if self.writer:
+            remove_temporaries(self.path, RUN_FILES)  # left by writers that were killed
 
     def begin(self) -> None:
         """A fresh run: save its config, drop lines of a session killed before its first checkpoint."""
+        if not self.writer:
+            return
         save_config(self.config, self.path / "config.yaml")
         _truncate(self.metrics, 0)
 
@@ -349,11 +411,13 @@ class RunFolder:
         return checkpoint, source
 
     def save_last(self, checkpoint: dict) -> None:
-        save_checkpoint(self.last, checkpoint, keep_previous=self.keep_previous)
+        if self.writer:
+            save_checkpoint(self.last, checkpoint, keep_previous=self.keep_previous)
         self.keep_previous = True
 
     def save_best(self, checkpoint: dict) -> None:
-        save_checkpoint(self.best, checkpoint, keep_previous=False)
+        if self.writer:
+            save_checkpoint(self.best, checkpoint, keep_previous=False)
 
     def load_best(self) -> dict:
         return load_checkpoint(self.best, required=("model", "epoch"))
@@ -364,13 +428,16 @@ class RunFolder:
         return self.metrics.stat().st_size if self.metrics.exists() else 0
 
     def truncate_metrics(self, size: int | None) -> None:
-        _truncate(self.metrics, size)
+        if self.writer:
+            _truncate(self.metrics, size)
 
     def log(self, record: dict) -> None:
-        io.append_jsonl(self.metrics, record)
+        if self.writer:
+            io.append_jsonl(self.metrics, record)
 
     def write_result(self, result: dict) -> None:
-        io.atomic_write_json(self.result, result)
+        if self.writer:
+            io.atomic_write_json(self.result, result)
 
 
 # --- the trainer -----------------------------------------------------------------------------------
@@ -379,42 +446,54 @@ class RunFolder:
 class Trainer:
     """Trains one run folder; create it with a config, call :meth:`run`.
 
-    While training it holds: ``model``, ``optimizer``, ``train_data`` ``(B, L)``, ``valid_subset`` (the
-    first ``eval_subset_tokens`` validation tokens), ``bptt_generator`` (window lengths), ``state``
-    (:class:`TrainState`), ``average`` (averaged-SGD weights by name, or None), ``hidden`` (the state
-    carried across windows), ``total_steps`` and ``session_mark`` (when wall time was last added).
+    While training it holds: ``model``, ``optimizer``, ``train_data`` ``(B / N, L)`` (this process's
+    columns), ``valid_subset`` (the first ``eval_subset_tokens`` validation tokens), ``bptt_generator``
+    (window lengths, the same in every process), ``state`` (:class:`TrainState`), ``average``
+    (averaged-SGD weights by name, or None), ``hidden`` (the state carried across windows), ``scaler``
+    (fp16 only), ``loss_module`` (the DistributedDataParallel wrapper with several processes, else None)
+    and ``session_mark`` (when wall time was last added).
     """
 
     def __init__(self, config: ExperimentConfig, progress: bool = False, say: Callable[[str], None] | None = None):
         self.config = config
         self.t = config.train
-        self.progress = progress
-        self.say = say or (lambda message: None)
+        self.world: World = world_from_environment()
+        if config.train.batch_size % self.world.size:
+            raise UserError(f"train.batch_size={config.train.batch_size} must be divisible by the {self.world.size} processes of torchrun.")
+        self.progress = progress and self.world.is_main
+        self.say = (say or (lambda message: None)) if self.world.is_main else (lambda message: None)
         self.run_dir = run_dir_for(config)
-        self.folder = RunFolder(self.run_dir, config, self.say)
-        self.device = resolve_device(config.run.device)
+        self.folder = RunFolder(self.run_dir, config, self.say, writer=self.world.is_main)
+        self.device = device_for(self.world, resolve_device(config.run.device))
         self.bar = None
 
     def run(self) -> dict:
-        finished = self.folder.finished_result()
-        if finished is None:
-            d = self.config.data
-            corpus = load_corpus(path=d.path, name=d.name, tokenizer=d.tokenizer, sp_vocab_size=d.sp_vocab_size,
-                                 cache_dir=d.cache_dir)
-            self.folder.check_writable()
-            with self.folder.locked():
-                finished = self.folder.finished_result()  # another process may have finished it meanwhile
-                if finished is None:
-                    self.folder.remove_temporaries()
-                    return self.train(corpus)
+        with process_group(self.world, self.device):
+            finished = self.folder.finished_result()
+            if finished is None:
+                d = self.config.data
+                corpus = load_corpus(path=d.path, name=d.name, tokenizer=d.tokenizer, sp_vocab_size=d.sp_vocab_size,
+                                     cache_dir=d.cache_dir)
+                if self.world.is_main:
+                    self.folder.check_writable()
+                barrier(self.world)
+                with self.folder.locked():
+                    finished = self.folder.finished_result() if self.world.is_main else None  # finished meanwhile?
+                    finished = broadcast_object(self.world, finished)
+                    if finished is None:
+                        self.folder.remove_temporaries()
+                        return self.train(corpus)
         self.say(f"run {self.run_dir} already finished (test ppl {finished.get('test_ppl', float('nan')):.2f}); nothing to do.")
         return finished
 
     def train(self, corpus) -> dict:
-        """Set up, resume or start, train to the end (rolling back on non-finite values if asked), finish."""
+        """Set up, resume or start, train each stage to its end (rolling back on non-finite values if
+        asked), finish."""
         self.corpus = corpus
         self.build()
-        if self.folder.has_checkpoint():
+        resuming = self.folder.has_checkpoint()
+        barrier(self.world)  # every process has decided before process 0 writes the first checkpoint
+        if resuming:
             source = self.load_last()
             self.say(f"resuming {self.run_dir} at epoch {self.state.epoch}, step {self.state.step} (from {source.name})")
         else:
@@ -422,11 +501,14 @@ class Trainer:
             self.state.metrics_bytes = 0
         self.session_mark = time.perf_counter()
         self.open_progress_bar()
-        if self.t.on_nonfinite == "rollback" and not self.folder.has_checkpoint():
+        if self.t.on_nonfinite == "rollback" and not resuming:
             self.save_last()  # a good state to go back to even if the first steps fail
         while True:
             try:
                 self.train_to_end()
+                if self.state.stage == "train" and self.t.finetune_epochs:
+                    self.start_finetuning()
+                    continue
                 break
             except _NonFinite as event:
                 self.roll_back(str(event))
@@ -436,14 +518,14 @@ class Trainer:
 
     def build(self) -> None:
         """Model, data, optimizer and generators, seeded (in this order) as every run always was."""
-        t, corpus = self.t, self.corpus
+        t, corpus, world = self.t, self.corpus, self.world
         seed_everything(t.seed)
         self.model = build_model(self.config, len(corpus.vocab)).to(self.device)
         self.folder.check_disk(self.model)
-        self.train_data = batchify(corpus.train, t.batch_size).to(self.device)  # (B, L)
-        if t.bptt >= self.train_data.size(1):
+        train_data = batchify(corpus.train, t.batch_size).to(self.device)  # (B, L)
+        if t.bptt >= train_data.size(1):
             raise UserError(
-                f"train.bptt={t.bptt} is longer than the training data per column ({self.train_data.size(1)} tokens "
+                f"train.bptt={t.bptt} is longer than the training data per column ({train_data.size(1)} tokens "
                 f"at batch size {t.batch_size}); lower train.bptt or train.batch_size."
             )
         for split, size in (("valid", t.eval_batch_size), ("test", t.test_batch_size)):
@@ -451,33 +533,47 @@ class Trainer:
         self.valid_subset = corpus.valid[: t.eval_subset_tokens]
         if t.eval_every:
             batchify(self.valid_subset, t.eval_batch_size)
+        self.steps_per_epoch = max(1, math.ceil((train_data.size(1) - 1) / t.bptt))
+        self.train_data = self.build_parallel(train_data)  # (B / N, L)
         self.optimizer = _make_optimizer(self.model, t)
         self.bptt_generator = torch.Generator().manual_seed(t.seed)
-        steps_per_epoch = max(1, math.ceil((self.train_data.size(1) - 1) / t.bptt))
-        self.total_steps = t.max_steps or t.epochs * steps_per_epoch
         self.state = TrainState()
         self.average: dict[str, torch.Tensor] | None = None
-        self.hidden = self.model.init_state(t.batch_size)
+        self.hidden = self.model.init_state(self.train_data.size(0))
+        self.scaler = torch.amp.GradScaler(self.device.type) if t.precision == "fp16" else None
+
+    def build_parallel(self, train_data: torch.Tensor) -> torch.Tensor:
+        """With several processes: this process's block of columns, its own dropout generator, the
+        DistributedDataParallel wrapper. With one: the data as it is."""
+        world, t = self.world, self.t
+        self.loss_module = None
+        if not world.enabled:
+            return train_data
+        self.state_dims = batch_dims(self.model.init_state)
+        torch.manual_seed(t.seed + world.rank)  # dropout masks differ between the processes' columns
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.loss_module = torch.nn.parallel.DistributedDataParallel(_LossOf(self.model), device_ids=device_ids)
+        return train_data.chunk(world.size, 0)[world.rank].contiguous()
 
     # --- the loop ---------------------------------------------------------------------------------
 
     def train_to_end(self) -> None:
-        """Train from ``self.state`` to the end of the run; raises :class:`_NonFinite`."""
-        t = self.t
-        done = self.state.step >= self.total_steps
-        while not done and self.state.epoch <= t.epochs:
+        """Train the current stage from ``self.state`` to its end; raises :class:`_NonFinite`."""
+        t, state = self.t, self.state
+        done = state.step >= self.total_steps()
+        while not done and state.epoch <= self.stage_epochs() and not state.stage_stopped:
             self.model.train()
-            while self.state.position < self.train_data.size(1) - 1:
+            while state.position < self.train_data.size(1) - 1:
                 loss = self.step()
                 self.update_progress_bar(loss)
-                if self.state.step % t.log_every == 0:
+                if state.step % t.log_every == 0:
                     self.log_step(loss)
-                if t.eval_every and self.state.step % t.eval_every == 0:
+                if t.eval_every and state.step % t.eval_every == 0:
                     self.evaluate_subset()
-                if self.state.step >= self.total_steps:
+                if state.step >= self.total_steps():
                     done = True
                     break
-                if t.checkpoint_every and self.state.step % t.checkpoint_every == 0:
+                if t.checkpoint_every and state.step % t.checkpoint_every == 0:
                     self.save_last()
             self.validate()
             if not done:
@@ -486,78 +582,157 @@ class Trainer:
         self.save_last()
 
     def step(self) -> float:
-        """One optimizer step on the next window; returns its mean training NLL per token."""
+        """One optimizer step on the next window; returns its mean training NLL per token (over all
+        processes)."""
         t, state = self.t, self.state
         length = sample_window_length(t.bptt, t.variable_bptt, t.max_seq_len_delta, self.bptt_generator)
         inputs, targets = window(self.train_data, state.position, length)  # (B, T)
         length = inputs.size(1)
-        scale = length / t.bptt if t.optimizer == "sgd" else _adamw_factor(state.step, t.warmup_steps, self.total_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = t.lr * scale * state.lr_scale
+        self.set_learning_rate(length)
         started = time.perf_counter()
         self.hidden = detach_state(self.hidden)
-        nll, self.hidden, penalty = self.model.loss(inputs, targets, self.hidden)  # (B, T), state, scalar
+        with self.autocast():
+            nll, self.hidden, penalty = self.forward_loss(inputs, targets, self.hidden)  # (B, T), state, scalar
         raw_loss = nll.mean()
         loss = raw_loss + penalty
-        if not torch.isfinite(loss):
-            raise _NonFinite(f"the training loss became {loss.item()} at step {state.step + 1} (epoch {state.epoch})")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip if t.clip > 0 else float("inf"))
-        if not torch.isfinite(norm):
-            raise _NonFinite(f"the gradient became non-finite at step {state.step + 1} (epoch {state.epoch})")
-        self.optimizer.step()
+        logged, checked = raw_loss, loss
+        if self.world.enabled:  # the loss of the whole batch, the same in every process
+            logged, checked = mean_over_processes(self.world, torch.stack([raw_loss.detach(), loss.detach().float()]))
+        if not torch.isfinite(checked):
+            raise _NonFinite(f"the training loss became {checked.item()} at step {state.step + 1} (epoch {state.epoch})")
+        self.backward_and_update(loss)
         if self.average is not None:
             state.n_averaged += 1
             _update_average(self.average, self.model, state.n_averaged)
         state.train_time += time.perf_counter() - started
         state.position += length
         state.step += 1
-        state.tokens += targets.numel()
-        state.epoch_loss += raw_loss.item()
+        state.tokens += targets.numel() * self.world.size
+        state.epoch_loss += logged.item()
         state.epoch_windows += 1
-        return raw_loss.item()
+        return logged.item()
+
+    def forward_loss(self, inputs, targets, hidden):
+        if self.loss_module is not None:
+            return self.loss_module(inputs, targets, hidden)
+        return self.model.loss(inputs, targets, hidden)
+
+    def autocast(self):
+        """``torch.autocast`` for train.precision bf16 / fp16 (the head leaves it, see LanguageModel.loss)."""
+        if self.t.precision == "fp32":
+            return contextlib.nullcontext()
+        if self.device.type == "cpu":
+            return _cpu_autocast(_AUTOCAST_DTYPES[self.t.precision])
+        return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.t.precision])
+
+    def backward_and_update(self, loss: torch.Tensor) -> None:
+        """Gradients (averaged over processes by DDP), clipping, the optimizer step (through the gradient
+        scaler for fp16, which skips steps whose gradients overflowed)."""
+        t, state = self.t, self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip if t.clip > 0 else float("inf"))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return
+        if not torch.isfinite(norm):
+            raise _NonFinite(f"the gradient became non-finite at step {state.step + 1} (epoch {state.epoch})")
+        self.optimizer.step()
+
+    def set_learning_rate(self, length: int) -> None:
+        """SGD: scaled by window length / bptt (AWD-LSTM); AdamW: warm-up and cosine; after rollbacks, lower."""
+        t, state = self.t, self.state
+        if state.stage == "finetune":
+            lr, scale = t.finetune_lr or t.lr, length / t.bptt
+        else:
+            lr = t.lr
+            scale = length / t.bptt if t.optimizer == "sgd" else _adamw_factor(state.step, t.warmup_steps, self.total_steps())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * scale * state.lr_scale
+
+    def total_steps(self) -> int:
+        """The step at which the current stage ends (at the latest)."""
+        t, state = self.t, self.state
+        if state.stage == "finetune":
+            end = state.stage_start_step + t.finetune_epochs * self.steps_per_epoch
+            return min(end, t.max_steps) if t.max_steps else end  # max_steps bounds the whole run
+        return t.max_steps or t.epochs * self.steps_per_epoch
+
+    def stage_epochs(self) -> int:
+        return self.t.finetune_epochs if self.state.stage == "finetune" else self.t.epochs
 
     def start_next_epoch(self) -> None:
         state = self.state
         state.epoch += 1
         state.position = 0
         state.epoch_loss, state.epoch_windows = 0.0, 0
-        self.hidden = self.model.init_state(self.t.batch_size)
+        self.hidden = self.model.init_state(self.train_data.size(0))
+
+    def start_finetuning(self) -> None:
+        """The second stage of the AWD-LSTM / MoS recipe: from the best weights, a fresh SGD whose iterates
+        are averaged from the first step, validated with the average after each epoch (best.pt is replaced
+        only by a better validation loss), stopped by the non-monotone trigger."""
+        barrier(self.world)  # process 0 has finished writing best.pt
+        state = self.state
+        best = self.folder.load_best()
+        load_state(self.model, best["model"], self.folder.best)
+        self.optimizer = _make_optimizer(self.model, self.t, "finetune")
+        state.stage, state.stage_start_step, state.train_epochs = "finetune", state.step, state.epoch
+        state.epoch, state.position, state.epoch_loss, state.epoch_windows = 1, 0, 0.0, 0
+        state.val_history, state.averaging, state.n_averaged, state.stage_stopped = [], True, 0, False
+        self.average = _start_average(self.model)
+        self.hidden = self.model.init_state(self.train_data.size(0))
+        self.folder.log({"event": "finetune", "step": state.step, "from_epoch": best["epoch"], "best_val_loss": state.best_val})
+        self.say(f"fine-tuning from the best weights (epoch {best['epoch']}, valid loss {state.best_val:.4f})")
+        self.save_last()
 
     # --- evaluation during training -----------------------------------------------------------
 
+    def shared_evaluation(self, tokens: torch.Tensor, batch_size: int) -> dict:
+        """:func:`evaluate` in process 0, its result in every process (so that all decide alike)."""
+        t = self.t
+        val = evaluate(self.model, tokens, batch_size, t.eval_bptt or t.bptt) if self.world.is_main else None
+        return broadcast_object(self.world, val)
+
     def validate(self) -> None:
-        """End of an epoch: validation loss, best checkpoint, the switch to averaged SGD, a metrics line."""
+        """End of an epoch: validation loss, best checkpoint, the non-monotone trigger, a metrics line."""
         t, state = self.t, self.state
         with averaged_weights(self.model, self.average):
             if not _all_finite(self.model.parameters()):
                 raise _NonFinite(f"the weights became non-finite by step {state.step} (epoch {state.epoch})")
-            val = evaluate(self.model, self.corpus.valid, t.eval_batch_size, t.eval_bptt or t.bptt)
+            val = self.shared_evaluation(self.corpus.valid, t.eval_batch_size)
             if state.best_val is None or val["loss"] < state.best_val:
                 state.best_val = val["loss"]
                 self.folder.save_best({
                     "model": self.model.state_dict(), "vocab": self.corpus.vocab.state_dict(),
-                    "config": to_dict(self.config), "epoch": state.epoch, "step": state.step, "val_loss": val["loss"]})
-        self.maybe_start_averaging(val["loss"])
+                    "config": to_dict(self.config), "epoch": state.epoch, "step": state.step, "val_loss": val["loss"],
+                    **({"stage": "finetune"} if state.stage == "finetune" else {})})
+        if self.non_monotone(val["loss"]):
+            self.on_non_monotone()
         state.val_history.append(val["loss"])
         record = {"event": "valid", "epoch": state.epoch, "step": state.step, **self.progress_fields(),
-                  "val_loss": val["loss"], "val_ppl": val["ppl"], "averaging": state.averaging}
+                  "val_loss": val["loss"], "val_ppl": val["ppl"], "averaging": state.averaging, **self.stage_field()}
         record.update({k: val[k] for k in ("zero_fraction", "zero_target_fraction") if k in val})
         self.folder.log(record)
-        self.say(f"epoch {state.epoch:3d} | step {state.step} | valid ppl {val['ppl']:.2f}")
+        self.say(f"epoch {state.epoch:3d} | step {state.step} | valid ppl {val['ppl']:.2f}{' (fine-tuning)' if self.stage_field() else ''}")
 
-    def maybe_start_averaging(self, val_loss: float) -> None:
-        """AWD-LSTM's non-monotone trigger: worse than the best of all but the last ``nonmono`` validations."""
+    def non_monotone(self, val_loss: float) -> bool:
+        """AWD-LSTM's trigger: worse than the best of all but the last ``nonmono`` validations."""
+        history = self.state.val_history
+        return len(history) > self.t.nonmono and val_loss > min(history[: -self.t.nonmono])
+
+    def on_non_monotone(self) -> None:
+        """Training stage: switch to averaged SGD (SGD only, once). Fine-tuning stage: stop it."""
         t, state = self.t, self.state
-        history = state.val_history
-        if (
-            t.optimizer == "sgd"
-            and t.averaged_sgd
-            and not state.averaging
-            and len(history) > t.nonmono
-            and val_loss > min(history[: -t.nonmono])
-        ):
+        if state.stage == "finetune":
+            state.stage_stopped = True
+            self.say(f"fine-tuning stops after epoch {state.epoch}: validation stopped improving")
+        elif t.optimizer == "sgd" and t.averaged_sgd and not state.averaging:
             state.averaging = True
             self.average = _start_average(self.model)
             state.n_averaged = 1
@@ -569,50 +744,72 @@ class Trainer:
         t, state = self.t, self.state
         generators = _rng_state(self.bptt_generator)
         with averaged_weights(self.model, self.average):
-            val = evaluate(self.model, self.valid_subset, t.eval_batch_size, t.eval_bptt or t.bptt)
+            val = self.shared_evaluation(self.valid_subset, t.eval_batch_size)
         _set_rng_state(generators, self.bptt_generator)
         self.folder.log({"event": "valid_subset", "epoch": state.epoch, "step": state.step, **self.progress_fields(),
-                         "val_loss": val["loss"], "val_ppl": val["ppl"], "subset_tokens": self.valid_subset.numel()})
+                         "val_loss": val["loss"], "val_ppl": val["ppl"], "subset_tokens": self.valid_subset.numel(),
+                         **self.stage_field()})
 
     def progress_fields(self) -> dict:
         """Training tokens so far, seconds in training steps, wall-clock seconds of the run (all sessions)."""
         wall = self.state.wall_time + (time.perf_counter() - self.session_mark)
         return {"tokens": self.state.tokens, "train_time_s": self.state.train_time, "wall_time_s": wall}
 
+    def stage_field(self) -> dict:
+        """``{"stage": "finetune"}`` in lines of the fine-tuning stage (lines of training stay as they were)."""
+        return {"stage": "finetune"} if self.state.stage == "finetune" else {}
+
     # --- checkpoints, resume, rollback ------------------------------------------------------------
 
     def save_last(self) -> None:
-        state = self.state
+        state, world = self.state, self.world
         if not _all_finite([*self.model.parameters(), *(self.average or {}).values()]):
             raise _NonFinite(f"the weights became non-finite by step {state.step} (epoch {state.epoch})")
         now = time.perf_counter()
         state.wall_time += now - self.session_mark
         self.session_mark = now
         state.metrics_bytes = self.folder.metrics_size()
-        self.folder.save_last({
+        generators = gather_objects(world, _rng_state(self.bptt_generator))  # every process's, in rank order
+        checkpoint = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "trainer": state.as_dict(),
             "average": self.average,
-            "hidden": self.hidden,
-            "rng": _rng_state(self.bptt_generator),
+            "hidden": gather_state(world, self.hidden, getattr(self, "state_dims", None)),  # all B columns
+            "rng": generators[0],
             "vocab": self.corpus.vocab.state_dict(),
             "config": to_dict(self.config),
-        })
+        }
+        if world.enabled:
+            checkpoint.update(world_size=world.size, rng_by_process=generators)
+        if self.scaler is not None:
+            checkpoint["scaler"] = self.scaler.state_dict()
+        self.folder.save_last(checkpoint)
 
     def load_last(self) -> Path:
         """Restore everything from ``last.pt`` (or ``.prev``) and drop metric lines written after it."""
         checkpoint, source = self.folder.load_last()
         self.check_vocab(checkpoint, source)
+        saved_world = checkpoint.get("world_size", 1)
+        if saved_world != self.world.size:
+            raise UserError(
+                f"checkpoint {source} was written by a run of {saved_world} process(es), this one has {self.world.size}; "
+                f"resume it with the same number (torchrun --nproc_per_node={saved_world}, or no torchrun for 1)."
+            )
         load_state(self.model, checkpoint["model"], source)
+        self.state = TrainState.from_dict(checkpoint["trainer"], source)
+        self.optimizer = _make_optimizer(self.model, self.t, self.state.stage)
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         except (ValueError, KeyError, RuntimeError, TypeError) as error:
             raise UserError(f"checkpoint {source} holds another optimizer's state ({error}).") from None
-        self.state = TrainState.from_dict(checkpoint["trainer"], source)
         self.average = _to_device(checkpoint["average"], self.device)
-        self.hidden = _to_device(checkpoint["hidden"], self.device)
-        _set_rng_state(checkpoint["rng"], self.bptt_generator)
+        hidden = _to_device(checkpoint["hidden"], self.device)
+        self.hidden = split_state(self.world, hidden, getattr(self, "state_dims", None))
+        generators = checkpoint["rng_by_process"][self.world.rank] if self.world.enabled else checkpoint["rng"]
+        _set_rng_state(generators, self.bptt_generator)
+        if self.scaler is not None and "scaler" in checkpoint:
+            self.scaler.load_state_dict(checkpoint["scaler"])
         self.folder.truncate_metrics(self.state.metrics_bytes)
         return source
 
@@ -641,6 +838,7 @@ class Trainer:
                 f"last good checkpoint {last} is intact (lower train.lr in a new run.name)."
             ) from None
         rollbacks, lr_scale = self.state.rollbacks + 1, self.state.lr_scale * self.t.rollback_lr_factor
+        barrier(self.world)
         source = self.load_last()
         self.state.rollbacks, self.state.lr_scale = rollbacks, lr_scale
         self.folder.log({"event": "rollback", "reason": where, "to_step": self.state.step, "epoch": self.state.epoch,
@@ -658,13 +856,13 @@ class Trainer:
     def log_step(self, loss: float) -> None:
         self.folder.log({"event": "train", "epoch": self.state.epoch, "step": self.state.step, "loss": loss,
                          "ppl": math.exp(min(loss, 50)), "lr": self.optimizer.param_groups[0]["lr"],
-                         "tokens_per_second": self.tokens_per_second()})
+                         "tokens_per_second": self.tokens_per_second(), **self.stage_field()})
 
     def open_progress_bar(self) -> None:
         if self.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step", dynamic_ncols=True, leave=False)
+            self.bar = tqdm(total=self.total_steps(), initial=self.state.step, unit="step", dynamic_ncols=True, leave=False)
 
     def update_progress_bar(self, loss: float) -> None:
         if self.bar is not None:
@@ -675,12 +873,19 @@ class Trainer:
     # --- the end ------------------------------------------------------------------------------
 
     def finish(self) -> dict:
-        """Evaluate the best checkpoint on validation and test, write ``result.json``."""
+        """Evaluate the best checkpoint on validation and test (and dynamically if asked), write
+        ``result.json`` (process 0; the others get its result)."""
+        barrier(self.world)  # process 0 has finished writing best.pt
+        result = self.final_result() if self.world.is_main else None
+        return broadcast_object(self.world, result)
+
+    def final_result(self) -> dict:
         t, state, model, corpus = self.t, self.state, self.model, self.corpus
         best = self.folder.load_best()
         load_state(model, best["model"], self.folder.best)
         val = evaluate(model, corpus.valid, t.eval_batch_size, t.eval_bptt or t.bptt)
         test = evaluate(model, corpus.test, t.test_batch_size, t.eval_bptt or t.bptt)
+        finetuned = state.stage == "finetune"
         result = {
             "schema_version": RESULT_SCHEMA_VERSION,
             "run": self.run_dir.name,
@@ -698,7 +903,7 @@ class Trainer:
             "test_batch_size": t.test_batch_size,
             "eval_bptt": t.eval_bptt or t.bptt,
             "best_epoch": best["epoch"],
-            "epochs_completed": state.epoch,
+            "epochs_completed": state.train_epochs if finetuned else state.epoch,
             "steps": state.step,
             "training_tokens": state.tokens,
             "tokens_per_second": self.tokens_per_second(),
@@ -711,11 +916,39 @@ class Trainer:
             "corpus": corpus.record(),  # folder, and per split: file, bytes, SHA-256, tokens
             "averaged_sgd": state.averaging,
             **{f"test_{k}": test[k] for k in ("smoothing", "zero_fraction", "zero_target_fraction") if k in test},
+            **self.stage_results(best),
+            **self.dynamic_results(),
             **provenance(self.device),
             "config": to_dict(self.config),
         }
         self.folder.write_result(result)
         return result
+
+    def stage_results(self, best: dict) -> dict:
+        """Fine-tuning and processes: recorded only when used, so results of plain runs keep their keys."""
+        state, extra = self.state, {}
+        if state.stage == "finetune":
+            extra.update(finetune_epochs_completed=len(state.val_history), finetune_steps=state.step - state.stage_start_step,
+                         best_stage=best.get("stage", "train"))
+        if self.world.enabled:
+            extra["processes"] = self.world.size
+        if self.t.precision != "fp32":
+            extra["precision"] = self.t.precision
+        return extra
+
+    def dynamic_results(self) -> dict:
+        """train.dynamic_eval: validation and test perplexity under dynamic evaluation of the best weights."""
+        t = self.t
+        if not t.dynamic_eval:
+            return {}
+        from lm.dynamic_eval import DynamicEvaluation
+
+        dynamic = DynamicEvaluation.from_config(t)
+        dynamic.collect_statistics(self.model, self.corpus.train)
+        val = dynamic.evaluate(self.model, self.corpus.valid)
+        test = dynamic.evaluate(self.model, self.corpus.test)
+        return {"val_ppl_dynamic": val["ppl"], "test_ppl_dynamic": test["ppl"], "val_loss_dynamic": val["loss"],
+                "test_loss_dynamic": test["loss"], "dynamic_eval": dynamic.settings()}
 
 
 def train(config: ExperimentConfig, progress: bool = False, say: Callable[[str], None] | None = None) -> dict:
