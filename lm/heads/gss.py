@@ -19,7 +19,7 @@ from torch import nn
 
 from lm.errors import UserError
 from lm.heads.decoder import build_decoder
-from lm.heads.loss import check_reduction, check_targets, reduce_nll
+from lm.heads.loss import scores_nll
 from lm.heads.options import check_size
 
 
@@ -70,11 +70,7 @@ class GeneralizedSigsoftmaxHead(nn.Module):
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor, reduction: str = "none") -> torch.Tensor:
         """NLL of ``targets`` ``(...)``: cross-entropy on the scores ``u``."""
-        check_reduction(reduction)
-        check_targets(hidden, targets)
-        scores = self.scores(hidden)  # (..., V)
-        nll = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1), reduction="none")
-        return reduce_nll(nll.view(targets.shape), reduction)
+        return scores_nll(self, hidden, targets, reduction)
 
     def reference_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """``p_i ∝ exp(k (z_i - c) + c) / (1 + exp(z_i - c))^(k - 1)``, the paper's form in probability

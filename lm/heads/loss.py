@@ -30,3 +30,13 @@ def check_targets(hidden: torch.Tensor, targets: torch.Tensor) -> None:
             f"targets of shape {tuple(targets.shape)} do not match hidden states of shape "
             f"{tuple(hidden.shape)}."
         )
+
+
+def scores_nll(head, hidden: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+    """NLL of ``targets`` ``(...)`` under ``log_softmax(head.scores(hidden))``: the loss of every head whose
+    log-probabilities are a log-softmax of per-token scores (gss, plif, mixtape)."""
+    check_reduction(reduction)
+    check_targets(hidden, targets)
+    scores = head.scores(hidden)  # (..., V)
+    nll = torch.nn.functional.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1), reduction="none")
+    return reduce_nll(nll.view(targets.shape), reduction)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lm.heads.decoder import build_decoder
-from lm.heads.loss import check_reduction, check_targets, reduce_nll
+from lm.heads.loss import scores_nll
 from lm.heads.mixture import locked_dropout
 from lm.heads.options import check_dropout, check_size
 
@@ -160,11 +160,7 @@ class MixtapeHead(nn.Module):
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor, reduction: str = "none") -> torch.Tensor:
         """NLL of ``targets`` ``(...)``: cross-entropy on the scores ``s``."""
-        check_reduction(reduction)
-        check_targets(hidden, targets)
-        scores = self.scores(hidden)  # (..., V)
-        nll = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1), reduction="none")
-        return reduce_nll(nll.view(targets.shape), reduction)
+        return scores_nll(self, hidden, targets, reduction)
 
     def reference_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """``p ∝ exp(sum_k pi_{x,k} (w_x . h_k + b_x))`` with the tree's products of sigmoids, every token

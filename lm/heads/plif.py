@@ -32,7 +32,7 @@ from torch import nn
 
 from lm.errors import UserError
 from lm.heads.decoder import build_decoder
-from lm.heads.loss import check_reduction, check_targets, reduce_nll
+from lm.heads.loss import scores_nll
 from lm.heads.options import check_size
 
 CHUNK_ELEMENTS = 2**22
@@ -139,11 +139,7 @@ class PiecewiseLinearSoftmaxHead(nn.Module):
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor, reduction: str = "none") -> torch.Tensor:
         """NLL of ``targets`` ``(...)``: cross-entropy on ``f(z)``."""
-        check_reduction(reduction)
-        check_targets(hidden, targets)
-        scores = self.scores(hidden)  # (..., V)
-        nll = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1), reduction="none")
-        return reduce_nll(nll.view(targets.shape), reduction)
+        return scores_nll(self, hidden, targets, reduction)
 
     def reference_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """``p ∝ exp(f(z))`` with ``f`` as a sum of clamped ramps, one per piece, plus the two outer
