@@ -8,8 +8,8 @@ Synthetic heads (no model is needed; the weights are what the check sees):
 - ``gaussian``: ``W`` ``(V, d)`` with standard normal entries, no bias: in ``d = 400`` dimensions every
   token is a vertex of the convex hull, so every token is argmaxable and needs a witness.
 - ``interior``: the same, but ``n_interior`` tokens (at seeded random positions) replaced by convex
-  combinations (Dirichlet weights) of 5 other tokens: those lie inside the convex hull of the others and
-  are unargmaxable whatever the box; every other token stays argmaxable. The check must return exactly
+  combinations (Dirichlet weights) of 5 other tokens: those lie in the convex hull of the others (on
+  a face of it at least), so they are never the strict argmax, whatever the box; every other token stays argmaxable. The check must return exactly
   the replaced ids, each with a dual certificate.
 - ``near_hull``: as ``interior`` but the combinations are pushed out by 2% (``1.02 sum_j a_j w_j``): no
   known answer, but the cheap witnesses rarely decide these tokens, so it exercises the LP path.
