@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -63,7 +64,7 @@ SCHEMA_VERSION = 1
 DEFAULT_N_CONTEXTS = 4096
 DEFAULT_MAX_CONTEXT = 1024
 HEAD_BLOCK_BYTES = 64 * 2**20  # float64 logits per head block
-DEFAULT_SPILL_BYTES = 2 * 2**30
+DEFAULT_SPILL_BYTES = 256 * 2**20
 
 Progress = Callable[[str, int, int], None]  # (stage, n_done, n_total)
 
@@ -235,10 +236,11 @@ def probe_model(
     head = float64_head(model, device)
     n_vocab, n_dims = head.weight.shape
     model_dtype = _model_dtype(model)
-
-    # Pass 1: every window; NLL of every target; hidden states and row statistics of the first N rows.
     n_targets = tokens.numel() - 1
     n_rows = min(n_contexts, n_targets)
+    _check_memory(n_rows, n_vocab, n_dims)
+
+    # Pass 1: every window; NLL of every target; hidden states and row statistics of the first N rows.
     hidden_rows = torch.empty(n_rows, n_dims, dtype=torch.float64)  # (N, d) on the CPU
     lse_rows = torch.empty(n_rows, dtype=torch.float64)  # (N,)
     mean_logit_rows = torch.empty(n_rows, dtype=torch.float64)  # (N,) mean over the vocabulary
@@ -499,6 +501,28 @@ def _check_head(model, captured, inputs, head: Float64Head, lo: int, hi: int, mo
             "output layer has a step this probe does not know, so its log-probabilities cannot be measured."
         )
     return report
+
+
+def working_memory_bytes(n_rows: int, n_vocab: int, n_dims: int) -> int:
+    """Bytes the rank computation holds: the ``min(N, V)^2`` triangle, the ``N x d`` hidden states, the
+    float64 head ``V x d`` and a few head blocks."""
+    k = min(n_rows, n_vocab)
+    return 8 * (k * k + n_rows * n_dims + n_vocab * n_dims) + 4 * HEAD_BLOCK_BYTES
+
+
+def _check_memory(n_rows: int, n_vocab: int, n_dims: int) -> None:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on every platform
+        return
+    needed = working_memory_bytes(n_rows, n_vocab, n_dims)
+    if needed > 0.8 * total:
+        k = min(n_rows, n_vocab)
+        raise UserError(
+            f"the rank of a {n_rows:,} x {n_vocab:,} log-prob matrix needs about {needed / 1e9:.1f} GB "
+            f"(a {k:,} x {k:,} float64 triangle), more than this machine's {total / 1e9:.1f} GB allow; "
+            "give a smaller --n-contexts."
+        )
 
 
 def _max_positions(config) -> int | None:

@@ -3,6 +3,7 @@
 >>> from lm.api import load_config, train, load_run, evaluate_run
 >>> result = train(load_config("configs/ptb-lite-lstm.yaml", ["head.name=mos"]))
 >>> model, corpus, config = load_run("runs/awd_lstm-ptb-lite-mos-s141")
+>>> report = probe_pretrained("../shared/models/aidreams260K", data="../shared/data/wikitext-2/wiki.test.tokens")
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from lm.errors import UserError
 from lm.evaluate import evaluate
 from lm.train import resolve_device, train
 
-__all__ = ["load_config", "train", "load_run", "evaluate_run"]
+__all__ = ["load_config", "train", "load_run", "evaluate_run", "probe_pretrained"]
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", data_path: str | None = None, checkpoint: str = "best"):
@@ -69,3 +70,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test", batch_size: int | Non
         raise UserError("the batch size must be at least 1.")
     result = evaluate(model, corpus.split(split), batch_size, t.eval_bptt or t.bptt)
     return {"split": split, **result}
+
+
+def probe_pretrained(model: str, **options) -> dict:
+    """The softmax bottleneck of a pretrained Hugging Face causal LM (a Hub id or a local folder): writes
+    its probe folder and returns the report. Options as :func:`bottleneck_analysis.pretrained.probe`
+    (``revision``, ``data``, ``n_contexts``, ``device``, ``dtype``, ``output_dir``, ...); for a model
+    object already in memory use :func:`bottleneck_analysis.probe.probe_model`. Needs the ``hf`` extra."""
+    from bottleneck_analysis.pretrained import probe
+
+    return probe(model, **options)

@@ -236,3 +236,34 @@ def test_a_head_the_probe_does_not_know_is_refused():
     model.forward = forward
     with pytest.raises(UserError, match="own logits"):
         probe_model(model, tokens(50), n_contexts=20, context_length=32, stride=16, unargmaxable=False)
+
+
+def test_a_matrix_too_large_for_the_machine_is_refused_before_any_work():
+    from bottleneck_analysis.probe import _check_memory, working_memory_bytes
+
+    assert working_memory_bytes(4000, 50_000, 768) == 8 * (4000**2 + 4000 * 768 + 50_000 * 768) + 4 * 64 * 2**20
+    with pytest.raises(UserError, match="--n-contexts"):
+        _check_memory(10**6, 256_000, 4096)
+    _check_memory(1000, 512, 64)  # small: no error
+
+
+def test_several_revisions_give_one_folder_each_and_a_comparison(tmp_path, monkeypatch, capsys):
+    """The Hub is faked: each revision loads another tiny model (the folders and comparison are real)."""
+    import bottleneck_analysis.pretrained as pretrained
+
+    def fake_load(model, revision=None, *, dtype="auto", device="cpu"):
+        built = gpt2() if revision == "step1000" else llama()
+        return built, char_tokenizer(TEXT), {"id": model, "revision": revision, "commit_hash": f"hash-{revision}"}
+
+    monkeypatch.setattr(pretrained, "load_pretrained", fake_load)
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "revisions"
+    assert main(["probe", "org/model", "--revision", "step1000", "--revision", "main", "--data", str(text_file),
+                 "--n-contexts", "100", "--context-length", "32", "--output-dir", str(out), "--no-unargmaxable"]) == 0
+    for revision in ("step1000", "main"):
+        report = json.loads((out / revision / "probe.json").read_text())
+        assert report["model"]["revision"] == revision and report["model"]["commit_hash"] == f"hash-{revision}"
+    table = (out / "probe_comparison.md").read_text()
+    assert "org/model@step1000" in table and "org/model@main" in table
+    assert "comparison:" in capsys.readouterr().out
