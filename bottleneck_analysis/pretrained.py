@@ -218,6 +218,7 @@ def probe(
     """Probe one model (one revision) and write its folder; returns the report (``files`` names them)."""
     from lm.provenance import provenance
 
+    origin = provenance(device)  # the code and machine at the start (the commit that ran)
     text, data_info = read_text(data)
     loaded, tokenizer, source = load_pretrained(model, revision, dtype=dtype, device=device)
     ids, n_bytes, token_info = tokenize(tokenizer, text, max_tokens)
@@ -229,7 +230,7 @@ def probe(
     folder = Path(output_dir) if output_dir is not None else default_output_dir(model, revision)
     report["model"] = {**source, **report["model"]}
     report["data"] = {**data_info, **token_info}
-    report["provenance"] = {**provenance(device), "command": command, "versions": versions()}
+    report["provenance"] = {**origin, "command": command, "versions": versions()}
     report["files"] = plot_probe(report, folder)
     report["files"]["report"] = REPORT_FILE
     report["output_dir"] = str(folder)

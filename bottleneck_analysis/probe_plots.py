@@ -34,9 +34,9 @@ def _figure():
     return figure, figure.add_subplot()
 
 
-def _save(figure, axes, path: Path, title: str) -> None:
+def _save(figure, axes, path: Path, title: str, legend: str = "lower left") -> None:
     axes.set_title(title, fontsize=9)
-    axes.legend(fontsize=7, loc="lower left")
+    axes.legend(fontsize=7, loc=legend)
     figure.tight_layout()
     atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
 
@@ -95,7 +95,7 @@ def plot_probe(report: dict, folder: str | Path) -> dict:
         axes.set_ylim(bottom=max(positive.min(), 1e-20) / 10.0, top=2.0)
     axes.set_xlabel("index k")
     axes.set_ylabel("s_k / s_1")
-    _save(figure, axes, folder / LOGPROB_PLOT, f"{label}: log-probability matrix")
+    _save(figure, axes, folder / LOGPROB_PLOT, f"{label}: log-probability matrix", legend="upper right")
     return {"head_plot": HEAD_PLOT, "logprob_plot": LOGPROB_PLOT}
 
 
