@@ -93,10 +93,6 @@ def main() -> int:
         print(json.dumps(worker(**json.loads(args.worker))))
         return 0
 
-    import numpy as np
-    import scipy
-    import torch
-
     cases = []
     for case in args.cases:
         n_vocab, n_rows, n_dims = (int(x) for x in case.lower().split("x"))
@@ -111,6 +107,16 @@ def main() -> int:
         result["load_average_after"] = list(os.getloadavg())
         cases.append(result)
         print(json.dumps(result), flush=True)
+        write(args, cases, finished=len(cases) == len(args.cases))
+    return 0
+
+
+def write(args, cases: list[dict], finished: bool) -> None:
+    """Write the JSON after every case, so a long last case never loses the earlier ones."""
+    import numpy as np
+    import scipy
+    import torch
+
     output = {
         "benchmark": "probe",
         "command": " ".join(["python", "scripts/bench_probe.py", *sys.argv[1:]]),
@@ -124,10 +130,10 @@ def main() -> int:
         "note": args.note,
         "setup": "synthetic head W (V, d) and hidden states H (N, d), Gaussian, no bias; see the docstring",
         "cases": cases,
+        "cases_not_run_yet": [] if finished else args.cases[len(cases):],
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(output, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
