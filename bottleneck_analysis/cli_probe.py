@@ -65,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
     for report in reports:
         print(summary_line(report))
     if len(reports) > 1:
-        root = Path(args.output_dir) if args.output_dir else None
-        print(f"comparison: {root or 'the output folder'}/probe_comparison.md")
+        from bottleneck_analysis.pretrained import default_output_dir
+
+        root = Path(args.output_dir) if args.output_dir else default_output_dir(args.model, None)
+        print(f"comparison: {root / 'probe_comparison.md'}")
     return 0
 
 
