@@ -260,7 +260,8 @@ def test_several_revisions_give_one_folder_each_and_a_comparison(tmp_path, monke
     text_file.write_text(TEXT, encoding="utf-8")
     out = tmp_path / "revisions"
     assert main(["probe", "org/model", "--revision", "step1000", "--revision", "main", "--data", str(text_file),
-                 "--n-contexts", "100", "--context-length", "32", "--output-dir", str(out), "--no-unargmaxable"]) == 0
+                 "--n-contexts", "100", "--max-tokens", "150", "--context-length", "32", "--output-dir", str(out),
+                 "--no-unargmaxable"]) == 0
     for revision in ("step1000", "main"):
         report = json.loads((out / revision / "probe.json").read_text())
         assert report["model"]["revision"] == revision and report["model"]["commit_hash"] == f"hash-{revision}"
