@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -112,7 +113,7 @@ def main() -> int:
             print(json.dumps(case), flush=True)
     result = {
         "benchmark": "unargmaxable",
-        "command": " ".join(["python", "scripts/bench_unargmaxable.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "scripts/bench_unargmaxable.py", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "cores": os.cpu_count(), "platform": platform.platform(),
