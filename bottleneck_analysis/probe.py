@@ -398,7 +398,7 @@ def logprob_spectra(
         mean = mean_logits - lse  # (N,)
         n_stream, width = n_vocab, n_rows
     block = max(1, min(n_stream, HEAD_BLOCK_BYTES // (8 * max(width, 1))))
-    accumulator = RFactorAccumulator(width)
+    accumulator = RFactorAccumulator(width, tall=True)  # n_stream >= width by the choice of layout
     for start in range(0, n_stream, block):
         stop = min(start + block, n_stream)
         if by_rows:
@@ -412,7 +412,7 @@ def logprob_spectra(
     parked = None
     if triangle.nbytes > spill_bytes:
         parked = tempfile.TemporaryFile()
-        triangle.tofile(parked)
+        triangle.T.tofile(parked)  # the Fortran triangle's memory, as it is (its transpose is C-ordered)
         centred = triangle
         centred -= centred.mean(axis=1, keepdims=True)  # R P, in place
     else:
@@ -420,12 +420,15 @@ def logprob_spectra(
         centred -= centred.mean(axis=1, keepdims=True)  # (width, width) R P
     double_centred = singular_values(centred, overwrite=True)
     del centred
-    if parked is not None:
+    if parked is not None:  # read R back into its own buffer (no second copy)
         parked.seek(0)
-        restored = np.fromfile(parked, dtype=np.float64).reshape(triangle.shape)
+        buffer, done = memoryview(triangle.T).cast("B"), 0
+        while done < buffer.nbytes:
+            n_read = parked.readinto(buffer[done:])
+            if not n_read:
+                raise RuntimeError("the parked QR triangle could not be read back")
+            done += n_read
         parked.close()
-        triangle[...] = restored
-        del restored
     extra = np.asfortranarray(math.sqrt(n_stream) * mean.cpu().numpy()[None, :])  # (1, width)
     accumulator.update(extra)
     values = accumulator.singular_values()

@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -119,7 +120,7 @@ def write(args, cases: list[dict], finished: bool) -> None:
 
     output = {
         "benchmark": "probe",
-        "command": " ".join(["python", "scripts/bench_probe.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "scripts/bench_probe.py", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "cores": os.cpu_count(), "platform": platform.platform(),
