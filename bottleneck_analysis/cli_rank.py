@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bottleneck_analysis.progress import progress_bar
 from bottleneck_analysis.run_report import PLOT_FILE, REPORT_FILE, rank_run, summary_line
 
 
@@ -29,19 +30,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box", type=float, default=None,
                         help="half-width of the hidden-state box for unargmaxable tokens (default: largest |hidden| seen)")
     parser.add_argument("--no-unargmaxable", action="store_true", help="skip the unargmaxable-token check")
-    parser.add_argument("--unargmaxable-seconds", type=float, default=600.0,
-                        help="stop starting new LPs of the unargmaxable check after this many seconds")
+    parser.add_argument("--unargmaxable-seconds", type=float, default=None,
+                        help="stop starting new LPs of the unargmaxable check after this many seconds "
+                             "(default: no limit; the check now determines every token)")
     parser.add_argument("--data", default=None, help="corpus folder, if it moved since training")
     parser.add_argument("--device", default="cpu")
 
 
 def run(args: argparse.Namespace) -> int:
-    report = rank_run(
-        args.run_dir, args.split, args.max_rows, sample=args.sample, seed=args.seed, batch_size=args.batch_size,
-        window=args.window, relative_tolerances=args.relative_tolerance, smoothing=args.smoothing, box=args.box,
-        unargmaxable=not args.no_unargmaxable, unargmaxable_seconds=args.unargmaxable_seconds,
-        device=args.device, data_path=args.data,
-    )
+    with progress_bar("unargmaxable tokens") as progress:
+        report = _rank(args, progress)
     folder = Path(args.run_dir)
     print(f"{summary_line(report)}; wrote {folder / REPORT_FILE} and {folder / PLOT_FILE}")
     return 0
+
+
+def _rank(args: argparse.Namespace, progress) -> dict:
+    return rank_run(
+        args.run_dir, args.split, args.max_rows, sample=args.sample, seed=args.seed, batch_size=args.batch_size,
+        window=args.window, relative_tolerances=args.relative_tolerance, smoothing=args.smoothing, box=args.box,
+        unargmaxable=not args.no_unargmaxable, unargmaxable_seconds=args.unargmaxable_seconds,
+        device=args.device, data_path=args.data, unargmaxable_progress=progress,
+    )

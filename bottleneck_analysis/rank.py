@@ -52,16 +52,20 @@ class RFactorAccumulator:
     """The ``R`` factor of the Householder QR of all rows folded in so far.
 
     Rows are kept as they are until there are ``V`` of them (so a matrix with fewer rows than columns
-    costs no ``V x V`` work); from then on ``R`` ``(V, V)`` is updated in place by ``dtpqrt``.
+    costs no ``V x V`` work); from then on ``R`` ``(V, V)`` is updated in place by ``dtpqrt``. With
+    ``tall=True`` (the caller knows there will be at least ``V`` rows) ``R`` starts at the first block, so
+    the ``V`` first rows are never held besides it.
 
     Args:
         n_cols: ``V``.
         panel_width: ``nb`` of ``dtpqrt`` (the width of its inner blocked reflectors).
+        tall: start ``R`` at once (see above).
     """
 
-    def __init__(self, n_cols: int, *, panel_width: int = DEFAULT_PANEL_WIDTH):
+    def __init__(self, n_cols: int, *, panel_width: int = DEFAULT_PANEL_WIDTH, tall: bool = False):
         self.n_cols = n_cols
         self.n_rows = 0
+        self.tall = tall  # the caller knows n_rows >= V: fold from the first block (no V x V of raw rows held)
         self.panel_width = max(1, min(panel_width, n_cols))
         self._pending: list[np.ndarray] = []  # raw (b, V) blocks while n_rows < V
         self._r: np.ndarray | None = None  # (V, V) upper triangular, Fortran order
@@ -75,7 +79,7 @@ class RFactorAccumulator:
             self._fold(block)
             return
         self._pending.append(block)
-        if self.n_rows < self.n_cols:
+        if self.n_rows < self.n_cols and not self.tall:
             return
         self._r = np.zeros((self.n_cols, self.n_cols), order="F")  # (V, V)
         pending, self._pending = self._pending, []

@@ -10,7 +10,7 @@ state whose default half-width is the largest absolute hidden coordinate seen on
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -49,7 +49,8 @@ def rank_run(
     smoothing: float | None = None,
     box: float | None = None,
     unargmaxable: bool = True,
-    unargmaxable_seconds: float | None = 600.0,
+    unargmaxable_seconds: float | None = None,
+    unargmaxable_progress: Callable[[int, int], None] | None = None,
     block_rows: int = 2048,
     device: str = "cpu",
     data_path: str | None = None,
@@ -71,7 +72,8 @@ def rank_run(
             hidden coordinate seen).
         unargmaxable: run the unargmaxable check (heads with ``argmax_of_body_logits`` only).
         unargmaxable_seconds: time after which no further LP of that check is started (the tokens left
-            are listed as undetermined); None for no limit.
+            are listed as undetermined); None (default) for no limit: the check determines every token.
+        unargmaxable_progress: called with ``(n_determined, n_tokens)`` while that check runs.
         block_rows: rows per streamed block.
         device: where the body runs.
         data_path: the corpus folder, if it moved since training.
@@ -110,7 +112,8 @@ def rank_run(
     if unargmaxable and getattr(head, "argmax_of_body_logits", False):
         half_width = box if box is not None else hidden_range["max_abs"]
         unargmaxable_report = (
-            head_unargmaxable(head, box=half_width, seed=seed, time_limit=unargmaxable_seconds) if half_width > 0.0
+            head_unargmaxable(head, box=half_width, seed=seed, time_limit=unargmaxable_seconds,
+                              progress=unargmaxable_progress) if half_width > 0.0
             else {"applicable": False, "reason": "every hidden state is zero"}
         )
     elif unargmaxable:

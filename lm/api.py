@@ -4,6 +4,7 @@
 >>> result = train(load_config("configs/ptb-lite-lstm.yaml", ["head.name=mos"]))
 >>> model, corpus, config = load_run("runs/awd_lstm-ptb-lite-mos-s141")
 >>> table = summarize("results/ground-truth")   # a pandas.DataFrame, one row per (corpus, body, head, d, setting)
+>>> report = probe_pretrained("../shared/models/aidreams260K", data="../shared/data/wikitext-2/wiki.test.tokens")
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from lm.errors import UserError
 from lm.evaluate import evaluate
 from lm.train import resolve_device, train
 
-__all__ = ["load_config", "train", "load_run", "evaluate_run", "summarize"]
+__all__ = ["load_config", "train", "load_run", "evaluate_run", "summarize", "probe_pretrained"]
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", data_path: str | None = None, checkpoint: str = "best"):
@@ -94,3 +95,13 @@ def summarize(results_dir: str | Path, per_run: bool = False):
     if not runs:
         raise UserError(f"{results_dir} holds no finished run (no result.json below it).")
     return summary.runs_frame(runs) if per_run else summary.summarize(runs)
+
+
+def probe_pretrained(model: str, **options) -> dict:
+    """The softmax bottleneck of a pretrained Hugging Face causal LM (a Hub id or a local folder): writes
+    its probe folder and returns the report. Options as :func:`bottleneck_analysis.pretrained.probe`
+    (``revision``, ``data``, ``n_contexts``, ``device``, ``dtype``, ``output_dir``, ...); for a model
+    object already in memory use :func:`bottleneck_analysis.probe.probe_model`. Needs the ``hf`` extra."""
+    from bottleneck_analysis.pretrained import probe
+
+    return probe(model, **options)

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "suite": ("lm.commands.suite", "run a grid of runs (default: the embedded ground-truth suite), then rank and summary"),
     "plot": ("lm.commands.plot", "summary tables and plots from run folders"),
     "rank": ("bottleneck_analysis.cli_rank", "rank and spectrum of a run's log-probability matrix"),
+    "probe": ("bottleneck_analysis.cli_probe", "the softmax bottleneck of a pretrained Hugging Face causal LM (needs the hf extra)"),
     "synth": ("bottleneck_analysis.cli_synth", "write a ground-truth corpus of known rank"),
     "two-layer": ("bottleneck_analysis.cli_two_layer", "two-layer softmax network experiments (NTK, score matching)"),
 }

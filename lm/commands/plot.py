@@ -12,13 +12,24 @@ from lm.summary import write_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results_dir", help="a folder holding run folders (any depth), e.g. runs/ground-truth")
+    parser.add_argument("results_dir", help="a folder holding run folders or probe folders (any depth), e.g. runs/ground-truth")
     parser.add_argument("--readme", action="append", default=[], metavar="FILE",
                         help="also rewrite the tables of this folder in FILE (between <!-- table:FOLDER --> and "
                              "<!-- /table:FOLDER -->, FOLDER relative to FILE; see lm/readme.py); repeatable")
 
 
 def run(args: argparse.Namespace) -> int:
+    from bottleneck_analysis.probe_plots import find_probe_reports
+
+    if find_probe_reports(args.results_dir):  # folders written by softmax-bench probe
+        from bottleneck_analysis.probe_plots import compare_probes
+
+        comparison = compare_probes(args.results_dir)
+        print(comparison["table"])
+        print()
+        print(f"probe comparison: {comparison['markdown']} and {comparison['csv']}")
+        print(f"plots: {', '.join(str(p) for p in comparison['plots'])}")
+        return 0
     summary = write_summary(args.results_dir, command=shlex.join(["softmax-bench", "plot", args.results_dir]))
     print(summary["tables"])
     print()
