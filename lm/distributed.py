@@ -72,6 +72,9 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
         yield
+        # Every process arrives before any tears the group down: process 0 returns from its last broadcast
+        # as soon as it has sent, and gloo closing its connections then can leave a receiver hanging.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
