@@ -52,6 +52,19 @@ def kill_with_workers(pid: int) -> None:
     assert len(children) == 2, children
 
 
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    """``proc.communicate`` that kills torchrun's whole session if it does not end in time (so a hung run
+    fails the test instead of outliving it)."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():  # own sessions
+            os.kill(int(child), signal.SIGKILL)
+        proc.kill()
+        proc.communicate()
+        raise
+
+
 def lines(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in CLOCK} for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -62,7 +75,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("parallel")
     corpus = write_tiny_corpus(root / "corpus", n_lines=(80, 8, 8))
     proc = torchrun(corpus, root / "two", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate(timeout=300)
+    out, err = finish(proc)
     assert proc.returncode == 0, err[-3000:]
     config = load_config(LSTM, tiny_overrides(corpus, root / "one", **RUN))
     one = train(config)
@@ -118,7 +131,7 @@ def test_a_killed_two_process_run_resumes_to_the_same_numbers(runs, tmp_path):
     assert not (run_dir / "result.json").exists()
     assert load_checkpoint(run_dir / "last.pt")["trainer"]["step"] in (6, 9)
     proc = torchrun(runs["corpus"], out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stdout, stderr = proc.communicate(timeout=300)
+    stdout, stderr = finish(proc)
     assert proc.returncode == 0, stderr[-3000:]
     assert "resuming" in stdout
     resumed = json.loads((run_dir / "result.json").read_text())
