@@ -20,8 +20,9 @@ from pathlib import Path
 from lm import io
 from lm.errors import UserError
 
-OPENING = re.compile(r"<!-- table:(?P<name>[^\s>]+) -->")
-BLOCK = re.compile(r"<!-- table:(?P<name>[^\s>]+) -->(?P<body>.*?)<!-- /table:(?P=name) -->", re.S)
+# A marker stands on a line of its own (so prose that quotes the syntax, e.g. in backticks, is not one).
+OPENING = re.compile(r"^<!-- table:(?P<name>[^\s>]+) -->$", re.M)
+BLOCK = re.compile(r"^<!-- table:(?P<name>[^\s>]+) -->$(?P<body>.*?)^<!-- /table:(?P=name) -->$", re.S | re.M)
 
 
 def table(name: str, base: Path) -> str:

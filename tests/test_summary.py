@@ -537,3 +537,20 @@ def test_a_learning_rate_pilot_sweep_gets_its_own_plot(tmp_path):
     assert list(handles[1].lines[0].get_xdata()) == [10.0, 20.0]
     assert list(handles[1].lines[0].get_ydata()) == [statistics.fmean([v * 1.05 for v in ppl[("mos", lr)]]) for lr in (10.0, 20.0)]
     assert "d = 32" in all_text(made["valid-vs-lr-ptb-awd_lstm.png"])
+
+
+def test_prose_quoting_the_marker_syntax_is_not_a_marker(tmp_path):
+    """Only a marker on a line of its own counts: the README documents the syntax in backticks, and the
+    project's own README passes ``scripts/readme_tables.py --check`` (its tables match the summaries)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lm.readme import OPENING
+
+    text = "Tables sit between `<!-- table:FOLDER -->` and `<!-- /table:FOLDER -->`.\n<!-- table:results/x -->\n"
+    assert [m["name"] for m in OPENING.finditer(text)] == ["results/x"]
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "scripts" / "readme_tables.py"), str(root / "README.md"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
