@@ -100,6 +100,7 @@ class TrainConfig:
     weight_decay: float = 1.2e-6  # L2 weight decay (--wdecay)
     nonmono: int = 5  # switch to averaged SGD when validation is worse than the best of all but the last N (--nonmono)
     averaged_sgd: bool = True  # allow the switch to averaged SGD (sgd only)
+    lr_schedule: str = "constant"  # sgd: constant (AWD-LSTM) or cosine (decay to 0 at the step budget, no warm-up); adamw is always warm-up + cosine
     warmup_steps: int = 100  # adamw: linear warm-up steps
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # adamw betas
     eval_batch_size: int = 10  # validation batch size (AWD-LSTM: 10)
@@ -439,6 +440,7 @@ def validate(config: ExperimentConfig) -> None:
     _check(t.eval_bptt is None or t.eval_bptt >= 1, "train.eval_bptt must be at least 1 or null.")
     _check(t.max_seq_len_delta >= 0, "train.max_seq_len_delta must not be negative.")
     _check(t.weight_decay >= 0, "train.weight_decay must not be negative.")
+    _check(t.lr_schedule in ("constant", "cosine"), f"train.lr_schedule must be constant or cosine, not {_show(t.lr_schedule)}.")
     _check(t.warmup_steps >= 0, "train.warmup_steps must not be negative.")
     _check(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas), "train.adam_betas must be two numbers in [0, 1).")
     _check(t.on_nonfinite in ("stop", "rollback"), f"train.on_nonfinite must be stop or rollback, not {_show(t.on_nonfinite)}.")

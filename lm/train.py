@@ -188,7 +188,7 @@ def run_dir_for(config: ExperimentConfig) -> Path:
     return Path(config.run.output_dir) / run_name(config)
 
 
-def _adamw_factor(step: int, warmup: int, total: int) -> float:
+def _warmup_cosine_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
     if warmup and step < warmup:
         return (step + 1) / warmup
@@ -645,13 +645,19 @@ class Trainer:
         self.optimizer.step()
 
     def set_learning_rate(self, length: int) -> None:
-        """SGD: scaled by window length / bptt (AWD-LSTM); AdamW: warm-up and cosine; after rollbacks, lower."""
+        """SGD: scaled by window length / bptt (AWD-LSTM), times the cosine decay with ``lr_schedule: cosine``;
+        AdamW: warm-up and cosine; after rollbacks, lower."""
         t, state = self.t, self.state
         if state.stage == "finetune":
             lr, scale = t.finetune_lr or t.lr, length / t.bptt
         else:
             lr = t.lr
-            scale = length / t.bptt if t.optimizer == "sgd" else _adamw_factor(state.step, t.warmup_steps, self.total_steps())
+            if t.optimizer == "adamw":
+                scale = _warmup_cosine_factor(state.step, t.warmup_steps, self.total_steps())
+            else:
+                scale = length / t.bptt
+                if t.lr_schedule == "cosine":
+                    scale *= _warmup_cosine_factor(state.step, 0, self.total_steps())
         for group in self.optimizer.param_groups:
             group["lr"] = lr * scale * state.lr_scale
 

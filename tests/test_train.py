@@ -1,6 +1,7 @@
 """Training end to end on tiny corpora: learning, determinism, resume, results, bad input through the CLI."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,27 @@ def test_averaged_sgd_switch(tiny_corpus, tmp_path):
     # lr so large that validation stops improving quickly: the AWD-LSTM rule switches to averaging.
     result = train(tiny_config(tiny_corpus, tmp_path, **{"train.epochs": 5, "train.nonmono": 1, "train.lr": 200}))
     assert result["averaged_sgd"] is True
+
+
+def test_cosine_schedule_decays_the_sgd_rate_to_zero_at_the_budget(tiny_corpus, tmp_path):
+    """lr_schedule: cosine multiplies AWD-LSTM's window scaling by 0.5 (1 + cos(pi s / S)) at step s of S;
+    the default (constant) leaves the rate at lr for every full-length window."""
+    fixed = {"train.variable_bptt": False, "train.log_every": 1, "train.max_steps": 12, "train.lr": 8.0}
+    rates = {}
+    for schedule in ("constant", "cosine"):
+        config = tiny_config(tiny_corpus, tmp_path / schedule, **fixed, **{"train.lr_schedule": schedule})
+        train(config)
+        records = map(json.loads, (run_dir_for(config) / "metrics.jsonl").read_text().splitlines())
+        rates[schedule] = {r["step"]: r["lr"] for r in records if r["event"] == "train"}
+    assert sorted(rates["cosine"]) == list(range(1, 13))
+    assert all(rate == 8.0 for rate in rates["constant"].values())
+    for step, rate in rates["cosine"].items():  # logged after the step; its rate was set at step - 1
+        assert rate == pytest.approx(8.0 * 0.5 * (1 + math.cos(math.pi * (step - 1) / 12)), rel=1e-12)
+
+
+def test_unknown_lr_schedule_is_one_sentence(tiny_corpus, tmp_path):
+    with pytest.raises(Exception, match="train.lr_schedule must be constant or cosine"):
+        tiny_config(tiny_corpus, tmp_path, **{"train.lr_schedule": "linear"})
 
 
 def run_cli(*args, cwd=None):
