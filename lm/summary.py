@@ -986,100 +986,118 @@ def figure_rank_vs_d(groups: list[dict], keys: list[str]):
     return fig
 
 
-def _curve(run: dict, x: str) -> list[tuple[float, float]]:
-    """(x, validation perplexity) of a run's ``valid_subset`` evaluations (else its per-epoch ones); ``x``
-    is ``tokens`` or ``time`` (training seconds, else wall-clock seconds)."""
+FINETUNE_NOTE = "dotted: the fine-tuning stage"
+
+
+def _stage(record: dict) -> int:
+    """0 for lines of the training stage, 1 for those of the fine-tuning stage (``"stage": "finetune"``)."""
+    return 1 if record.get("stage") == "finetune" else 0
+
+
+def _curve(run: dict, x: str) -> list[tuple[float, float, int]]:
+    """(x, validation perplexity, stage) of a run's ``valid_subset`` evaluations (else its per-epoch ones),
+    training stage first; ``x`` is ``tokens`` or ``time`` (training seconds, else wall-clock seconds)."""
     for event in ("valid_subset", "valid"):
-        points: dict[tuple, tuple[float, float]] = {}  # a resumed run logs some steps again: the last line wins
+        points: dict[tuple, tuple[float, float, int]] = {}  # a resumed run logs some steps again: the last line wins
         for record in run["metrics"]:
             if record.get("event") != event or not isinstance(record.get("val_ppl"), (int, float)):
                 continue
             value = record.get("tokens") if x == "tokens" else record.get("train_time_s", record.get("wall_time_s"))
             if isinstance(value, (int, float)):
-                points[(record.get("epoch") or 0, record.get("step") or 0)] = (float(value), float(record["val_ppl"]))
+                key = (_stage(record), record.get("epoch") or 0, record.get("step") or 0)
+                points[key] = (float(value), float(record["val_ppl"]), _stage(record))
         if points:
             return [points[key] for key in sorted(points)]
     return []
+
+
+def _epoch_curve(run: dict) -> list[tuple[float, float, int]]:
+    """(epoch, validation perplexity, stage) of the per-epoch validations; fine-tuning epochs (numbered from
+    1 again in the log) continue after the last training epoch."""
+    last: dict[tuple, float] = {}  # a resumed run logs some epochs again: the last line wins
+    for record in run["metrics"]:
+        if record.get("event") == "valid" and isinstance(record.get("val_ppl"), (int, float)):
+            last[(_stage(record), record["epoch"])] = float(record["val_ppl"])
+    trained = max((epoch for stage, epoch in last if stage == 0), default=0)
+    return [(epoch + trained * stage, last[(stage, epoch)], stage) for stage, epoch in sorted(last)]
+
+
+def _draw_mean_curve(ax, curves: list[list[tuple[float, float, int]]], style: tuple, name: str) -> None:
+    """The mean over seeds of curves evaluated at the same points (the shortest length), a band from the
+    lowest to the highest seed, the fine-tuning stage dotted."""
+    color, marker, line = style
+    n = min(len(c) for c in curves)
+    xs = [statistics.fmean(c[i][0] for c in curves) for i in range(n)]
+    ys = [[c[i][1] for c in curves] for i in range(n)]
+    means = [statistics.fmean(v) for v in ys]
+    split = next((i for i in range(n) if curves[0][i][2]), n)  # first point of the fine-tuning stage
+    ax.plot(xs[:split], means[:split], color=color, linestyle=line, marker=marker, markersize=3,
+            markevery=max(1, split // 8), linewidth=1.4, label=name)
+    if split < n:  # joined to the last training point, no legend entry of its own
+        start = max(split - 1, 0)
+        ax.plot(xs[start:], means[start:], color=color, linestyle=":", linewidth=1.4)
+    if len(curves) > 1:
+        ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], color=color, alpha=0.15, linewidth=0)
+
+
+def _validation_figure(groups: list[dict], keys: list[str], curve_of, xlabel: str, title: str):
+    """Validation perplexity (log axis) of every head against the x of ``curve_of(run)``: one panel per d
+    and setting, sparse heads apart; None when no run has such a curve."""
+    if not any(curve_of(run) for g in groups for run in g["runs"]):
+        return None
+    panels = _split_sparse(_settings(groups, keys, with_d=True))
+    fig, axes = _figure(len(panels))
+    finetuned = False
+    for ax, (label, members) in zip(axes, panels):
+        if not members:  # a placeholder that starts the next row
+            ax.remove()
+            continue
+        for name, style, series in _series(members, keys, groups):
+            for group in series:
+                curves = [c for c in map(curve_of, group["runs"]) if c]
+                if curves:
+                    _draw_mean_curve(ax, curves, style, name)
+                    finetuned = finetuned or any(point[2] for c in curves for point in c)
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation perplexity, log scale")
+        if label:
+            ax.set_title(label, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    _legend(fig, axes)
+    _finish(fig, _title(title.format(seeds=_seed_words(groups)) + ("; " + FINETUNE_NOTE if finetuned else ""), groups))
+    return fig, axes
 
 
 def figure_validation_against(groups: list[dict], keys: list[str], x: str):
     """Validation perplexity against training tokens (``x="tokens"``) or training seconds (``x="time"``):
     per head the mean over seeds at each evaluation, band from the lowest to the highest seed; one panel
     per d and setting, sparse heads apart. None when no run logged such evaluations."""
-    if not any(_curve(run, x) for g in groups for run in g["runs"]):
-        return None
-    panels = _split_sparse(_settings(groups, keys, with_d=True))
-    fig, axes = _figure(len(panels))
-    for ax, (label, members) in zip(axes, panels):
-        if not members:  # a placeholder that starts the next row
-            ax.remove()
-            continue
-        for name, (color, marker, line), series in _series(members, keys, groups):
-            for group in series:
-                curves = [c for c in (_curve(run, x) for run in group["runs"]) if c]
-                if not curves:
-                    continue
-                n = min(len(c) for c in curves)
-                xs = [statistics.fmean(c[i][0] for c in curves) for i in range(n)]
-                ys = [[c[i][1] for c in curves] for i in range(n)]
-                ax.plot(xs, [statistics.fmean(v) for v in ys], color=color, linestyle=line, marker=marker,
-                        markersize=3, markevery=max(1, n // 8), linewidth=1.4, label=name)
-                if len(curves) > 1:
-                    ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], color=color, alpha=0.15, linewidth=0)
-        ax.set_yscale("log")
-        _plain_log_ticks(ax.yaxis)
-        if x == "tokens":
-            _count_ticks(ax.xaxis)
-        ax.set_xlabel("training tokens" if x == "tokens" else "training time (seconds, wall clock)")
-        ax.set_ylabel("validation perplexity, log scale")
-        if label:
-            ax.set_title(label, fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-    _legend(fig, axes)
     what = "training tokens" if x == "tokens" else "training time"
-    _finish(fig, _title(f"Validation perplexity against {what} (mean of {_seed_words(groups)}, band: lowest to highest seed)",
-                        groups))
+    made = _validation_figure(groups, keys, lambda run: _curve(run, x),
+                              "training tokens" if x == "tokens" else "training time (seconds, wall clock)",
+                              f"Validation perplexity against {what} (mean of {{seeds}}, band: lowest to highest seed)")
+    if made is None:
+        return None
+    fig, axes = made
+    if x == "tokens":
+        for ax in axes:
+            _count_ticks(ax.xaxis)
     return fig
 
 
 def figure_validation_curves(groups: list[dict], keys: list[str]):
     """Validation perplexity per epoch per head: mean over seeds, band from the lowest to the highest seed."""
-    if not any(r.get("event") == "valid" for g in groups for run in g["runs"] for r in run["metrics"]):
-        return None
     from matplotlib.ticker import MaxNLocator
 
-    panels = _split_sparse(_settings(groups, keys, with_d=True))
-    fig, axes = _figure(len(panels))
-    for ax, (label, members) in zip(axes, panels):
-        if not members:  # a placeholder that starts the next row
-            ax.remove()
-            continue
-        for name, (color, marker, line), series in _series(members, keys, groups):
-            for group in series:
-                by_epoch: dict[int, list[float]] = {}
-                for run in group["runs"]:
-                    last = {record["epoch"]: record["val_ppl"] for record in run["metrics"]  # resumed: the last line
-                            if record.get("event") == "valid" and isinstance(record.get("val_ppl"), (int, float))}
-                    for epoch, value in last.items():
-                        by_epoch.setdefault(epoch, []).append(value)
-                if not by_epoch:
-                    continue
-                epochs = sorted(by_epoch)
-                ax.plot(epochs, [statistics.fmean(by_epoch[e]) for e in epochs], color=color, marker=marker, linestyle=line,
-                        markersize=4, linewidth=1.5, label=name)
-                if len(group["runs"]) > 1:
-                    ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
-                                    color=color, alpha=0.15, linewidth=0)
-        ax.set_yscale("log")
-        _plain_log_ticks(ax.yaxis)
+    made = _validation_figure(groups, keys, _epoch_curve, "epoch",
+                              "Validation perplexity per epoch (mean of {seeds}, band: lowest to highest seed)")
+    if made is None:
+        return None
+    fig, axes = made
+    for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation perplexity, log scale")
-        if label:
-            ax.set_title(label, fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-    _legend(fig, axes)
-    _finish(fig, _title(f"Validation perplexity per epoch (mean of {_seed_words(groups)}, band: lowest to highest seed)", groups))
     return fig
 
 

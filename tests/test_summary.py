@@ -514,6 +514,34 @@ def test_a_resumed_run_counts_each_evaluation_once(tmp_path):
     assert line.get_ydata()[3] == 300.0 * (1 + 100 / 400) * 0.99  # the line logged after the resume counts
 
 
+def test_fine_tuning_lines_continue_the_curves_dotted(tmp_path):
+    """Fine-tuning epochs are numbered from 1 again in metrics.jsonl; the epoch plot puts them after the
+    training epochs (not over them) and draws that stage dotted, as does the plot against tokens."""
+    from lm.summary import FINETUNE_NOTE, figure_validation_against, figure_validation_curves, group_runs
+
+    run_dir = study_run(tmp_path, "softmax", 16, None, 1, 300.0)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines.append({"event": "valid", "epoch": 2, "step": 1200, "tokens": 840_000, "train_time_s": 120.0, "val_loss": 0.0,
+                  "val_ppl": 290.0})
+    lines.append({"event": "finetune", "step": 1200, "from_epoch": 2, "best_val_loss": 0.0})
+    for epoch, ppl in ((1, 280.0), (2, 275.0)):
+        step = 1200 + 600 * epoch
+        lines.append({"event": "valid_subset", "epoch": epoch, "step": step, "tokens": step * 700, "train_time_s": step * 0.1,
+                      "val_loss": 0.0, "val_ppl": ppl + 20, "subset_tokens": 5000, "stage": "finetune"})
+        lines.append({"event": "valid", "epoch": epoch, "step": step, "tokens": step * 700, "train_time_s": step * 0.1,
+                      "val_loss": 0.0, "val_ppl": ppl, "stage": "finetune"})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    keys, groups = group_runs(load_runs(tmp_path))
+    trained, finetuned = figure_validation_curves(groups, keys).axes[0].get_lines()
+    assert list(trained.get_xdata()) == [1, 2] and list(trained.get_ydata()) == [315.0, 290.0]
+    assert list(finetuned.get_xdata()) == [2, 3, 4] and list(finetuned.get_ydata()) == [290.0, 280.0, 275.0]
+    assert finetuned.get_linestyle() == ":" and not finetuned.get_label().startswith("softmax")
+    figure = figure_validation_against(groups, keys, "tokens")
+    trained, finetuned = figure.axes[0].get_lines()
+    assert list(trained.get_xdata())[-1] == 600 * 700 + 1 and list(finetuned.get_xdata())[1:] == [1800 * 700, 2400 * 700]
+    assert FINETUNE_NOTE in figure._suptitle.get_text().replace("\n", " ")
+
+
 def test_a_learning_rate_pilot_sweep_gets_its_own_plot(tmp_path):
     from lm.summary import figures
 
