@@ -14,7 +14,7 @@ from pathlib import Path
 from lm.build import build_model
 from lm.checkpoint import checkpoint_exists, load_checkpoint, load_latest, load_state
 from lm.config import ExperimentConfig, load_config
-from lm.data import Vocabulary, load_corpus
+from lm.data import Vocabulary, load_configured_corpus
 from lm.errors import UserError
 from lm.evaluate import evaluate
 from lm.train import resolve_device, train
@@ -44,8 +44,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", data_path: str | None = N
         raise UserError(f"run folder {run_dir} has no checkpoint yet (best.pt or last.pt).")
     needed = ("model", "vocab")
     state = load_checkpoint(path, required=needed) if path.name == "best.pt" else load_latest(path, required=needed)[0]
-    corpus = load_corpus(path=config.data.path, name=config.data.name, tokenizer=config.data.tokenizer,
-                         sp_vocab_size=config.data.sp_vocab_size, cache_dir=config.data.cache_dir)
+    corpus = load_configured_corpus(config.data)
     saved = Vocabulary.from_state_dict(state["vocab"])
     if saved.fingerprint() != corpus.vocab.fingerprint():
         raise UserError(

@@ -49,6 +49,7 @@ class DataConfig:
     tokenizer: str = "word"  # word (AWD-LSTM convention) or sentencepiece (trained on train only)
     sp_vocab_size: int = 8000  # sentencepiece vocabulary size
     cache_dir: str | None = None  # where downloads are kept (default ~/.cache/softmax-bench/NAME)
+    root: str | None = None  # a folder of local corpora by name: with data.name and no data.path, ROOT/NAME is read (no download)
 
 
 @dataclass

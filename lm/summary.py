@@ -113,7 +113,7 @@ def _head_rank(head: str) -> tuple:
 
 # Keys that identify a group by other columns, or that never make runs differ in kind.
 IDENTITY_KEYS = ("train.seed", "head.name", "model.body", "data.path", "data.name", "run.output_dir", "run.name",
-                 "run.device", "data.cache_dir")
+                 "run.device", "data.cache_dir", "data.root")
 # Words for config keys in plot titles and legends; other keys: their last part, underscores as spaces.
 KEY_WORDS = {"model.d_embedding": "embedding size", "model.d_last": "last-layer size", "model.d_hidden": "hidden size",
              "model.n_layers": "layers", "model.d_model": "model width", "head.n_components": "K", "head.r": "r",

@@ -74,7 +74,7 @@ from lm.checkpoint import (
     storage_problem,
 )
 from lm.config import ExperimentConfig, run_name, save_config, to_dict
-from lm.data import load_corpus
+from lm.data import load_configured_corpus
 from lm.data.batching import batchify, sample_window_length, window
 from lm.distributed import (
     World,
@@ -471,9 +471,7 @@ class Trainer:
         with process_group(self.world, self.device):
             finished = self.folder.finished_result()
             if finished is None:
-                d = self.config.data
-                corpus = load_corpus(path=d.path, name=d.name, tokenizer=d.tokenizer, sp_vocab_size=d.sp_vocab_size,
-                                     cache_dir=d.cache_dir)
+                corpus = load_configured_corpus(self.config.data)
                 if self.world.is_main:
                     self.folder.check_writable()
                 barrier(self.world)

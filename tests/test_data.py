@@ -337,3 +337,18 @@ def test_a_config_naming_a_corpus_without_network_fails_with_one_sentence_naming
     assert status == 2 and err.strip().count("\n") == 0, err
     assert err.startswith("softmax-bench: error: downloading the corpus 'wikitext-2'") and "data.path" in err, err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("last.pt"))
+
+
+def test_a_data_root_serves_named_corpora_without_a_download(tmp_path, monkeypatch):
+    """data.root: with a corpus name and no path, ROOT/NAME is read; nothing touches the Hub; a missing
+    folder is one sentence naming the root, the name and data.path."""
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append(a))
+    write_corpus(tmp_path / "data" / "ptb")
+    from_root = load_corpus(name="ptb", root=str(tmp_path / "data"))
+    by_path = load_corpus(path=str(tmp_path / "data" / "ptb"))
+    assert torch.equal(from_root.train, by_path.train) and from_root.vocab == by_path.vocab and calls == []
+    with pytest.raises(UserError) as caught:
+        load_corpus(name="wikitext-2", root=str(tmp_path / "data"))
+    message = str(caught.value)
+    assert "has no folder wikitext-2" in message and "data.path" in message and "\n" not in message and calls == []

@@ -4,7 +4,7 @@
 ``corpus.train / valid / test`` as 1-D LongTensors. Batching lives in :mod:`lm.data.batching`.
 """
 
-from lm.data.corpus import Corpus, load_corpus
+from lm.data.corpus import Corpus, load_configured_corpus, load_corpus
 from lm.data.vocab import Vocabulary
 
-__all__ = ["Corpus", "Vocabulary", "load_corpus"]
+__all__ = ["Corpus", "Vocabulary", "load_configured_corpus", "load_corpus"]

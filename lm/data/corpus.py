@@ -95,6 +95,7 @@ def load_corpus(
     tokenizer: str = "word",
     sp_vocab_size: int = 8000,
     cache_dir: str | None = None,
+    root: str | None = None,
 ) -> Corpus:
     """Read a corpus from a local folder (``path``) or download a named one first (``name``).
 
@@ -105,6 +106,8 @@ def load_corpus(
         tokenizer: ``word`` (AWD-LSTM convention) or ``sentencepiece``.
         sp_vocab_size: number of sentencepiece pieces, ``<unk>`` and ``<eos>`` included.
         cache_dir: the folder a named corpus is kept in (default ``~/.cache/softmax-bench/<name>``).
+        root: a folder of local corpora by name: with ``name`` and no ``path``, ``root/name`` is read and
+            nothing is downloaded (one suite-level setting serves suites over several corpora).
     Returns:
         the :class:`Corpus`; every bad input is a :class:`UserError` naming the file or value.
     """
@@ -116,6 +119,10 @@ def load_corpus(
             raise UserError(f"the corpus folder {folder} does not exist.")
         if not folder.is_dir():
             raise UserError(f"the corpus path {folder} is a file; give the folder that holds the splits.")
+    elif name is not None and root is not None:
+        folder = Path(root).expanduser() / name
+        if not folder.is_dir():
+            raise UserError(f"data.root {root} has no folder {name}; put the {name} splits there or set data.path to their folder.")
     elif name is not None:
         folder = download_corpus(name, cache_dir)
     else:
@@ -139,3 +146,9 @@ def load_corpus(
         for split, file in zip(SPLITS, files)
     }
     return Corpus(vocab, *ids, source=str(folder.resolve()), files=files_info)
+
+
+def load_configured_corpus(data) -> Corpus:
+    """The corpus of a run's ``data`` config block (:class:`lm.config.DataConfig`)."""
+    return load_corpus(path=data.path, name=data.name, tokenizer=data.tokenizer, sp_vocab_size=data.sp_vocab_size,
+                       cache_dir=data.cache_dir, root=data.root)
