@@ -1,7 +1,7 @@
-"""``softmax-bench rank RUN_DIR [--split valid] [--max-rows N]``: the softmax-bottleneck report of a run.
+"""``softmax-bench rank RUN_DIR [--split valid] [--max-rows N] [--output NAME]``: the softmax-bottleneck report of a run.
 
-Writes ``rank.json`` and ``rank_spectrum.png`` in the run folder and prints a one-line summary
-(see :func:`bottleneck_analysis.run_report.rank_run`).
+Writes ``rank.json`` (or ``--output NAME``, e.g. ``rank-full.json`` for the whole split) and its spectrum PNG
+in the run folder and prints a one-line summary (see :func:`bottleneck_analysis.run_report.rank_run`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from bottleneck_analysis.progress import progress_bar
-from bottleneck_analysis.run_report import PLOT_FILE, REPORT_FILE, rank_run, summary_line
+from bottleneck_analysis.run_report import FULL_RANK_FILE, REPORT_FILE, rank_run, summary_line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unargmaxable-seconds", type=float, default=None,
                         help="stop starting new LPs of the unargmaxable check after this many seconds "
                              "(default: no limit; the check now determines every token)")
+    parser.add_argument("--output", default=REPORT_FILE, metavar="NAME",
+                        help=f"report file name in the run folder (default {REPORT_FILE}; e.g. {FULL_RANK_FILE} for the "
+                             "whole split, which the summary shows in a table of its own)")
     parser.add_argument("--data", default=None, help="corpus folder, if it moved since training")
     parser.add_argument("--device", default="cpu")
 
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("unargmaxable tokens") as progress:
         report = _rank(args, progress)
     folder = Path(args.run_dir)
-    print(f"{summary_line(report)}; wrote {folder / REPORT_FILE} and {folder / PLOT_FILE}")
+    files = report["files"]
+    print(f"{summary_line(report)}; wrote {folder / files['report']} and {folder / files['plot']}")
     return 0
 
 
@@ -50,5 +54,5 @@ def _rank(args: argparse.Namespace, progress) -> dict:
         args.run_dir, args.split, args.max_rows, sample=args.sample, seed=args.seed, batch_size=args.batch_size,
         window=args.window, relative_tolerances=args.relative_tolerance, smoothing=args.smoothing, box=args.box,
         unargmaxable=not args.no_unargmaxable, unargmaxable_seconds=args.unargmaxable_seconds,
-        device=args.device, data_path=args.data, unargmaxable_progress=progress,
+        device=args.device, data_path=args.data, unargmaxable_progress=progress, report_file=args.output,
     )

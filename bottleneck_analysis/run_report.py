@@ -1,5 +1,8 @@
 """The bottleneck report of a trained run: ``rank.json`` and ``rank_spectrum.png`` in its folder.
 
+Another report file name keeps a second report beside the first, e.g. the papers' protocol on the whole
+split in ``rank-full.json`` (and ``rank-full_spectrum.png``) next to a suite's ``rank.json`` of a subset.
+
 One pass over a split collects the model's log-probability matrix (:mod:`bottleneck_analysis.collect`,
 float64 head) straight into the streaming rank computation (:mod:`bottleneck_analysis.rank`); then the
 decoder's spectrum (:mod:`bottleneck_analysis.embedding`) and, for heads whose argmax is that of their
@@ -27,6 +30,23 @@ from lm.provenance import provenance
 SCHEMA_VERSION = 1
 REPORT_FILE = "rank.json"
 PLOT_FILE = "rank_spectrum.png"
+# The report of the papers' protocol (the whole split, state carried, float64 head) of selected runs: a file
+# of its own so that the suite's rank.json, of the same rows in every run, stays comparable across runs.
+FULL_RANK_FILE = "rank-full.json"
+
+
+def plot_file(report_file: str) -> str:
+    """The spectrum PNG beside a report: ``rank.json`` -> ``rank_spectrum.png``, ``rank-full.json`` ->
+    ``rank-full_spectrum.png``."""
+    return f"{Path(report_file).stem}_spectrum.png"
+
+
+def check_report_file(report_file: str) -> None:
+    """A report file name is a bare ``*.json`` name inside the run folder."""
+    name = str(report_file)
+    if "/" in name or "\\" in name or Path(name).suffix != ".json" or not Path(name).stem or name.startswith("."):
+        raise UserError(f"the report file must be a plain file name ending in .json inside the run folder "
+                        f"(e.g. {FULL_RANK_FILE}), not {name!r}.")
 
 
 def softmax_rank_bound(head: torch.nn.Module) -> int:
@@ -54,8 +74,10 @@ def rank_run(
     block_rows: int = 2048,
     device: str = "cpu",
     data_path: str | None = None,
+    report_file: str = REPORT_FILE,
 ) -> dict:
-    """Measure the softmax bottleneck of a trained run; write ``rank.json`` and the PNG; return the report.
+    """Measure the softmax bottleneck of a trained run; write ``report_file`` (default ``rank.json``) and
+    its spectrum PNG (:func:`plot_file`) in the run folder; return the report.
 
     Args:
         run_dir: a run folder (config, checkpoint), loaded with :func:`lm.api.load_run`.
@@ -77,6 +99,8 @@ def rank_run(
         block_rows: rows per streamed block.
         device: where the body runs.
         data_path: the corpus folder, if it moved since training.
+        report_file: name of the report in the run folder (a plain ``*.json`` name); other reports of the run
+            stay as they are.
     Returns:
         the report of :func:`bottleneck_analysis.rank.rank_report` plus ``run_dir``, ``split``, ``head``,
         ``body``, ``protocol``, ``softmax_rank_bound``, ``embedding``, ``unargmaxable``, provenance
@@ -87,6 +111,8 @@ def rank_run(
 
     if split not in ("train", "valid", "test"):
         raise UserError(f"split must be train, valid or test, not {split!r}.")
+    check_report_file(report_file)
+    plot_name = plot_file(report_file)
     started = time.perf_counter()
     run_dir = Path(run_dir)
     model, corpus, config = load_run(run_dir, device=device, data_path=data_path)
@@ -138,16 +164,16 @@ def rank_run(
             "unargmaxable": unargmaxable_report,
             **provenance(next(model.parameters()).device),  # git_commit, git_dirty, date, device, torch_version, ... like result.json
             "seconds": {"rank": collected - started, "total": time.perf_counter() - started},
-            "files": {"report": REPORT_FILE, "plot": PLOT_FILE},
+            "files": {"report": report_file, "plot": plot_name},
         }
     )
     plot_spectrum(
-        report["singular_values"], run_dir / PLOT_FILE,
+        report["singular_values"], run_dir / plot_name,
         title=f"{run_dir.name}: {split}, {report['n_rows']:,} x {report['n_cols']:,}",
         tolerances={name: report["tolerances"][name] for name in ("nr", "numpy")},
         bound=report["softmax_rank_bound"],
     )
-    atomic_write_json(run_dir / REPORT_FILE, report)
+    atomic_write_json(run_dir / report_file, report)
     return report
 
 

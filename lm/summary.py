@@ -1,7 +1,7 @@
 """Tables, statistics and plots from run folders: ``summary.csv``, ``summary.md``, ``summary.json`` and PNGs.
 
 Every run folder under a results folder (any depth; a folder with ``result.json``) contributes its
-``result.json``, ``metrics.jsonl``, ``rank.json`` and ``kl.json``. Runs are grouped by (corpus, body,
+``result.json``, ``metrics.jsonl``, ``rank.json``, ``rank-full.json`` and ``kl.json``. Runs are grouped by (corpus, body,
 head, d, and the config keys that vary between the runs other than the seed); each group reports over
 its seeds the mean, the sample standard deviation, the 95% confidence interval of the mean (Student t)
 and the number of seeds, and every head is compared with the softmax head at the same setting (same
@@ -10,6 +10,11 @@ Welch's t-test. The table is a :class:`pandas.DataFrame` (:func:`summarize`, als
 :func:`lm.api.summarize`). Nothing is typed by hand: the numbers are read from the run files, and
 ``summary.json`` records the command, the git commits and dirty flags of the runs and of the summary
 code, and the command of every run (from the suite's ``suite.json`` when there is one).
+
+The rank columns come from ``rank.json`` (a suite ranks the same first rows of every run) with the
+number of rows it used; runs that also have ``rank-full.json`` (``softmax-bench rank RUN --output
+rank-full.json``: the papers' protocol on the whole split) get a table of their own (:func:`full_rank_frame`,
+``full_rank`` in ``summary.json``; ``summary.csv`` holds the main table only).
 
 d is the width of the head's output embedding (the d of the softmax rank bound ``rank <= d + 2``):
 ``output_embedding_size`` of ``result.json``, or for older run files ``head_input_size`` (the size of
@@ -181,7 +186,10 @@ def output_embedding_size(result: dict, rank: dict | None = None) -> tuple[int |
 
 def load_runs(results_dir: str | Path) -> list[dict]:
     """Every finished run under ``results_dir``: a dict with its folder, result, flat config, metrics,
-    rank and KL reports and d (``d_source`` says which size d is)."""
+    rank reports (``rank``: ``rank.json``, ``rank_full``: ``rank-full.json``), KL report and d (``d_source``
+    says which size d is)."""
+    from bottleneck_analysis.run_report import FULL_RANK_FILE, REPORT_FILE
+
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise UserError(f"results folder {results_dir} does not exist.")
@@ -191,7 +199,7 @@ def load_runs(results_dir: str | Path) -> list[dict]:
         result = _read_json(result_path)
         if not isinstance(result, dict) or "test_ppl" not in result:
             continue
-        rank = _read_json(run_dir / "rank.json")
+        rank = _read_json(run_dir / REPORT_FILE)
         d, source = output_embedding_size(result, rank)
         runs.append({
             "dir": run_dir,
@@ -199,6 +207,7 @@ def load_runs(results_dir: str | Path) -> list[dict]:
             "config": _flat(result.get("config") or {}),
             "metrics": io.read_jsonl(run_dir / "metrics.jsonl"),
             "rank": rank,
+            "rank_full": _read_json(run_dir / FULL_RANK_FILE),
             "kl": _read_json(run_dir / "kl.json"),
             "d": d,
             "d_source": source,
@@ -352,6 +361,11 @@ def _rank_value(run: dict, name: str) -> Any:
     return ((run["rank"] or {}).get("rank") or {}).get(name)
 
 
+def _rank_rows(run: dict) -> Any:
+    """The number of rows (predicted positions) of the run's rank report."""
+    return (run["rank"] or {}).get("n_rows")
+
+
 def _joined(values: list) -> Any:
     """One value when all agree, else the distinct values joined by ``/``."""
     distinct = sorted({v for v in values if v is not None}, key=_sort_value)
@@ -391,7 +405,7 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
     keys = varying_keys(runs)
     tolerances = rank_tolerances(runs)
     columns = ["dataset", "body", "head", *[column_name(k) for k in keys], "d", "seed", "val_ppl", "test_ppl",
-               *[f"rank_{t}" for t in tolerances], "effective_rank", "kl", "test_zero_target_fraction",
+               *[f"rank_{t}" for t in tolerances], "effective_rank", "rank_rows", "kl", "test_zero_target_fraction",
                "training_tokens", "steps", "tokens_per_second", "train_time_s", "wall_time_s", "n_params",
                "git_commit", "git_dirty", "run"]
     rows = []
@@ -399,7 +413,7 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
         r = run["result"]
         row = {"dataset": r.get("dataset"), "body": r.get("body"), "head": r.get("head"), "d": run["d"],
                "seed": r.get("seed"), "kl": _kl_value(run["kl"]), "run": run["dir"].name,
-               "effective_rank": (run["rank"] or {}).get("effective_rank")}
+               "effective_rank": (run["rank"] or {}).get("effective_rank"), "rank_rows": _rank_rows(run)}
         row.update({column_name(k): _setting(run, k) for k in keys})
         row.update({f"rank_{t}": _rank_value(run, t) for t in tolerances})
         for name in ("val_ppl", "test_ppl", "test_zero_target_fraction", "training_tokens", "steps", "tokens_per_second",
@@ -424,7 +438,7 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
         columns += [f"{metric}_{s}" for s in ("mean", "std", "ci95_low", "ci95_high")]
         if metric in compared:
             columns += [f"{metric}_diff_vs_softmax", f"{metric}_welch_p"]
-    columns += [f"rank_{name}" for name in tolerances] + (["effective_rank"] if tolerances else [])
+    columns += [f"rank_{name}" for name in tolerances] + (["effective_rank", "rank_rows"] if tolerances else [])
     if any_sparse:
         columns += ["test_zero_target_fraction", "test_smoothing"]
     columns += ["training_tokens", "steps", "tokens_per_second", "wall_time_s", "git_commits", "git_dirty", "runs"]
@@ -464,6 +478,7 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
             row[f"rank_{name}"] = describe([_rank_value(run, name) for run in group["runs"]])["mean"]
         if tolerances:
             row["effective_rank"] = describe([(run["rank"] or {}).get("effective_rank") for run in group["runs"]])["mean"]
+            row["rank_rows"] = _joined([_rank_rows(run) for run in group["runs"]])
         if any_sparse:
             row["test_zero_target_fraction"] = describe([r.get("test_zero_target_fraction") for r in results])["mean"]
             row["test_smoothing"] = results[0].get("test_smoothing")
@@ -541,7 +556,8 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
     """One markdown table per (corpus, body) of a summary table, the way ``summary.md`` shows them."""
     columns = list(frame.columns)
     all_size_columns = columns[columns.index("head") + 1: columns.index("d")]
-    tolerances = [c for c in columns if c.startswith("rank_")]
+    tolerances = [c for c in columns if c.startswith("rank_") and c != "rank_rows"]
+    rank_rows = "rank_rows" in columns  # summaries written before the column have no rank rows
     kl = "kl_mean" in columns
     sparse = "test_zero_target_fraction" in columns
     blocks = []
@@ -552,6 +568,7 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
         header = ["head", *size_columns, "d", "parameters", "valid ppl", "test ppl", "seeds", "test ppl 95% CI",
                   "test ppl vs softmax"]
         header += [f"rank ({c[len('rank_'):]})" for c in tolerances] + (["effective rank"] if tolerances else [])
+        header += ["rank rows"] if rank_rows else []
         if kl:
             header += ["KL (nats/token)", "KL vs softmax"]
         if sparse:
@@ -570,6 +587,8 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
             cells += [_fmt(r[c], 0 if _missing(r[c]) or float(r[c]).is_integer() else 1) for c in tolerances]
             if tolerances:
                 cells.append(_fmt(r["effective_rank"], 1))
+            if rank_rows:
+                cells.append(_fmt(r["rank_rows"]))
             if kl:
                 cells += [_spread(r["kl_mean"], r["kl_std"], digits), _versus(r["kl_diff_vs_softmax"], r["kl_welch_p"], digits)]
             if sparse:
@@ -579,6 +598,47 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+FULL_RANK_TITLE = "Rank of the whole split (state carried, float64 head)"
+FULL_RANK_WORDS = {"dataset": "corpus", "split": "split", "batch_size": "columns", "rank_rows": "rows",
+                   "effective_rank": "effective rank", "softmax_bound": "softmax bound"}
+
+
+def full_rank_frame(runs: list[dict]) -> pd.DataFrame:
+    """One row per run with a ``rank-full.json``, in table order: corpus, body, head, the head options that
+    vary among these runs, d, seed, split, columns the split was cut into (1: state carried), rows, the rank
+    at each tolerance, the effective rank and the report's softmax bound (d + 2; d + 1 without an output
+    bias). ``frame.attrs["options"]`` lists the dotted keys of the head-option columns."""
+    chosen = [{**run, "rank": run["rank_full"]} for group in group_runs(runs)[1] for run in group["runs"] if run["rank_full"]]
+    if not chosen:
+        return pd.DataFrame()
+    frame = runs_frame(chosen)
+    options = [k for k in varying_keys(chosen) if k.startswith("head.")]
+    frame["split"] = [run["rank"].get("split") for run in chosen]
+    frame["batch_size"] = [(run["rank"].get("protocol") or {}).get("batch_size") for run in chosen]
+    frame["softmax_bound"] = [run["rank"].get("softmax_rank_bound") or run["d"] and run["d"] + 2 for run in chosen]
+    ranks = [f"rank_{t}" for t in rank_tolerances(chosen)]
+    frame = frame[["dataset", "body", "head", *map(column_name, options), "d", "seed", "split", "batch_size",
+                   "rank_rows", *ranks, "effective_rank", "softmax_bound", "run"]]
+    frame.attrs["options"] = options
+    return frame
+
+
+def full_rank_markdown(frame: pd.DataFrame) -> str:
+    """The table of :func:`full_rank_frame` for ``summary.md``: its title, a sentence and the rows."""
+    columns = [c for c in frame.columns if c != "run"]
+    options = {column_name(k): key_words(k) for k in frame.attrs.get("options", [])}
+    header = [FULL_RANK_WORDS.get(c) or options.get(c) or (f"rank ({c[len('rank_'):]})" if c.startswith("rank_") else c)
+              for c in columns]
+    lines = [f"## {FULL_RANK_TITLE}", "",
+             "Runs with a `rank-full.json` (`softmax-bench rank RUN --output rank-full.json`), the papers' protocol: "
+             "the rank of the log-probability matrix over the whole split, read as one column of text with the state "
+             "carried over it (columns 1), the head in float64; the main table's rank uses the rows in its rank rows "
+             "column. rows: predicted positions in the matrix; softmax bound: d + 2 (d + 1 without an output bias).", "", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+    for _, r in frame.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c], 1 if c == "effective_rank" else 0) for c in columns) + " |")
+    return "\n".join(lines)
 
 
 # --- words for plots ----------------------------------------------------------------------------------
@@ -1348,7 +1408,8 @@ def _provenance(runs: list[dict], commands: dict[str, str]) -> list[dict]:
 
 def write_summary(results_dir: str | Path, command: str | None = None) -> dict:
     """Write ``summary.csv``, ``summary.md``, ``summary.json`` and the plots; return their paths, the table
-    (``frame``, a DataFrame) and its markdown (``tables``)."""
+    (``frame``, a DataFrame) and its markdown (``tables``), and the whole-split ranks (``full_rank``, a
+    DataFrame, empty without ``rank-full.json`` files; ``full_rank_table``, its markdown or "")."""
     from lm.provenance import provenance
 
     results_dir = Path(results_dir)
@@ -1371,6 +1432,8 @@ def write_summary(results_dir: str | Path, command: str | None = None) -> dict:
     runs_provenance = _provenance(runs, _suite_commands(results_dir))
     written = provenance("cpu")
     tables = markdown_tables(frame)
+    full = full_rank_frame(runs)
+    full_table = full_rank_markdown(full) if not full.empty else ""
     commit_text = ", ".join(f"`{c[:12]}` ({e['runs']} run{'' if e['runs'] == 1 else 's'}"
                             f"{', ' + str(e['dirty_runs']) + ' from a dirty tree' if e['dirty_runs'] else ''})"
                             for c, e in commits.items())
@@ -1385,7 +1448,8 @@ def write_summary(results_dir: str | Path, command: str | None = None) -> dict:
         "95% CI: confidence interval of the mean test perplexity (Student t, n - 1 degrees of freedom). "
         "vs softmax: mean test perplexity minus that of the softmax head at the same corpus, d and settings "
         "(head options aside), with the two-sided p-value of Welch's t-test (none below two seeds a side). "
-        "Rank: numerical rank of the log-probability matrix at each tolerance of the rank report (mean over seeds). "
+        "Rank: numerical rank of the log-probability matrix at each tolerance of the rank report (mean over seeds); "
+        "rank rows: the rows (predicted positions) of that matrix, the seeds' counts joined by / where they differ. "
         + ("d: the width of the head's output embedding" if d_words == "d (output embedding size)" else
            "d: the size of the hidden vector the head receives" if d_words == "d (head input size)" else
            "d: the width of the head's output embedding (older runs: the size of the hidden vector it receives)")
@@ -1394,6 +1458,7 @@ def write_summary(results_dir: str | Path, command: str | None = None) -> dict:
         "",
         tables,
         "",
+        *([full_table, ""] if full_table else []),
         "## Plots",
         "",
         *[f"- [{p.name}](plots/{p.name})" for p in plots],
@@ -1421,12 +1486,14 @@ def write_summary(results_dir: str | Path, command: str | None = None) -> dict:
         "git_commits": commits,
         "columns": list(frame.columns),
         "rows": rows,
+        **({"full_rank": {"title": FULL_RANK_TITLE, "columns": list(full.columns), "rows": _records(full)}}
+           if not full.empty else {}),
         "runs": runs_provenance,
         "plots": [str(p) for p in plots],
     })
     return {"csv": results_dir / "summary.csv", "markdown": results_dir / "summary.md",
             "json": results_dir / "summary.json", "plots": plots, "tables": tables, "frame": frame, "rows": rows,
-            "columns": list(frame.columns)}
+            "columns": list(frame.columns), "full_rank": full, "full_rank_table": full_table}
 
 
 def read_summary_csv(path: str | Path) -> list[dict]:
@@ -1444,7 +1511,7 @@ def read_summary(results_dir: str | Path) -> pd.DataFrame:
     return _frame(data["rows"], data.get("columns") or list(data["rows"][0] if data["rows"] else []))
 
 
-__all__ = ["load_runs", "runs_frame", "summarize", "group_runs", "describe", "welch", "markdown_tables", "figures",
+__all__ = ["load_runs", "runs_frame", "summarize", "full_rank_frame", "group_runs", "describe", "welch", "markdown_tables", "figures",
            "write_summary", "read_summary", "head_input_size", "output_embedding_size", "head_order", "head_style",
            "figure_test_ppl_vs_d", "figure_test_perplexity", "figure_rank_vs_d", "figure_validation_against",
            "figure_validation_curves", "figure_spectra", "figure_kl_vs_d", "figure_option_sweeps",

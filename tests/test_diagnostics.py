@@ -17,7 +17,7 @@ from bottleneck_analysis.collect import collect_log_probs, count_rows, iterate_l
 from bottleneck_analysis.embedding import decoder_spectrum, spectrum_summary
 from bottleneck_analysis.plots import plot_spectrum
 from bottleneck_analysis.rank import rank_report
-from bottleneck_analysis.run_report import rank_run, softmax_rank_bound
+from bottleneck_analysis.run_report import FULL_RANK_FILE, rank_run, softmax_rank_bound
 from bottleneck_analysis.unargmaxable import head_unargmaxable, unargmaxable_tokens
 from lm.api import load_run
 from lm.config import load_config
@@ -339,6 +339,24 @@ def test_rank_run_writes_the_report_and_plot(tmp_path, config_name, head):
         assert written["rank"]["nr"] <= written["softmax_rank_bound"]
 
 
+def test_a_second_report_file_leaves_rank_json_alone(tmp_path):
+    """The whole split into rank-full.json (and its own PNG) beside the suite's rank.json of a subset."""
+    run_dir = train_tiny_run(tmp_path, "ptb-lite-lstm.yaml", "softmax")
+    subset = rank_run(run_dir, "valid", max_rows=20, unargmaxable=False)
+    before = {name: (run_dir / name).read_bytes() for name in ("rank.json", "rank_spectrum.png")}
+    full = rank_run(run_dir, "valid", unargmaxable=False, report_file=FULL_RANK_FILE)
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+    written = json.loads((run_dir / FULL_RANK_FILE).read_text())
+    assert written["n_rows"] == full["n_rows"] == len(load_run(run_dir)[1].valid) - 1 > subset["n_rows"] == 20
+    assert written["protocol"]["max_rows"] is None and written["protocol"]["batch_size"] == 1
+    assert written["files"] == {"report": "rank-full.json", "plot": "rank-full_spectrum.png"}
+    assert subset["files"] == {"report": "rank.json", "plot": "rank_spectrum.png"}
+    assert (run_dir / "rank-full_spectrum.png").read_bytes()[:4] == b"\x89PNG"
+    for bad in ("sub/rank.json", "rank-full.txt", "../rank.json", ".json"):
+        with pytest.raises(UserError, match="plain file name ending in .json"):
+            rank_run(run_dir, "valid", max_rows=5, unargmaxable=False, report_file=bad)
+
+
 def test_cli_rank_and_synth(tmp_path, capsys):
     from lm.cli import main
 
@@ -348,6 +366,13 @@ def test_cli_rank_and_synth(tmp_path, capsys):
     assert line.startswith("test: 25 x ") and "rank.json" in line and "\n" not in line
     assert json.loads((run_dir / "rank.json").read_text())["unargmaxable"]["applicable"] is False
     assert main(["rank", str(tmp_path / "missing")]) == 2
+    assert main(["rank", str(run_dir), "--max-rows", "25", "--no-unargmaxable", "--output", "rank-full.json"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"wrote {run_dir / 'rank-full.json'} and {run_dir / 'rank-full_spectrum.png'}")
+    assert json.loads((run_dir / "rank.json").read_text())["n_rows"] == 25 and (run_dir / "rank-full.json").is_file()
+    capsys.readouterr()
+    assert main(["rank", str(run_dir), "--output", "out/rank.json"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "plain file name ending in .json" in error and "\n" not in error and "Traceback" not in error
     assert main(["rank", str(run_dir), "--sample", "5", "--relative-tolerance", "2"]) == 2
     assert "relative tolerance" in capsys.readouterr().err
 

@@ -582,3 +582,47 @@ def test_prose_quoting_the_marker_syntax_is_not_a_marker(tmp_path):
     done = subprocess.run([sys.executable, str(root / "scripts" / "readme_tables.py"), str(root / "README.md"), "--check"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_rank_rows_and_the_whole_split_table(tmp_path):
+    """The main table says how many rows its rank used (seeds that differ: joined); runs with a rank-full.json
+    get a table of their own, and their rank.json stays the main table's rank."""
+    softmax = [study_run(tmp_path, "softmax", 64, None, seed, 150.0 + seed) for seed in (1, 2)]
+    mos = {k: study_run(tmp_path, "mos", 64, k, 1, 145.0 + k) for k in (1, 5)}
+    fewer = json.loads((softmax[1] / "rank.json").read_text())
+    (softmax[1] / "rank.json").write_text(json.dumps({**fewer, "n_rows": 2000}))
+    full = [(softmax[0], 66, 61.3), (mos[1], 66, 50.0), (mos[5], 4130, 90.5)]  # in table order
+    for run_dir, rank, effective in full:
+        (run_dir / "rank-full.json").write_text(json.dumps({
+            "rank": {"nr": rank, "numpy": rank - 1}, "n_rows": 73760, "split": "valid", "effective_rank": effective,
+            "softmax_rank_bound": 66, "protocol": {"batch_size": 1, "max_rows": None}}))
+    out = write_summary(tmp_path)
+    frame = out["frame"]
+    assert list(frame["head"]) == ["softmax", "mos", "mos"] and list(frame["n_components"][1:]) == [1, 5]
+    assert list(frame["rank_rows"]) == ["2000/5000", 5000, 5000]
+    assert list(frame["rank_nr"]) == [66, 40 * 64, 40 * 64]  # from rank.json, not rank-full.json
+    assert [r["rank_rows"] for r in read_csv(out["csv"])] == ["2000/5000", "5000", "5000"]
+    md = out["markdown"].read_text()
+    main_header = next(line for line in md.splitlines() if line.startswith("| head |"))
+    header = main_header.split(" | ")
+    assert header[header.index("effective rank") + 1] == "rank rows"
+    assert "| 3.0 | 2000/5000 |" in md and "| 3.0 | 5,000 |" in md
+
+    table = md.split("## Rank of the whole split (state carried, float64 head)")[1].split("## Plots")[0]
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    assert lines[0] == ("| corpus | body | head | K | d | seed | split | columns | rows | rank (nr) | rank (numpy) | "
+                        "effective rank | softmax bound |")
+    assert lines[2:] == ["| ptb | awd_lstm | softmax | - | 64 | 1 | valid | 1 | 73,760 | 66 | 65 | 61.3 | 66 |",
+                         "| ptb | awd_lstm | mos | 1 | 64 | 1 | valid | 1 | 73,760 | 66 | 65 | 50.0 | 66 |",
+                         "| ptb | awd_lstm | mos | 5 | 64 | 1 | valid | 1 | 73,760 | 4,130 | 4,129 | 90.5 | 66 |"]
+    written = json.loads(out["json"].read_text())["full_rank"]
+    assert [(r["run"], r["rank_nr"], r["rank_rows"], r["d"]) for r in written["rows"]] == [
+        (run_dir.name, rank, 73760, 64) for run_dir, rank, _ in full]
+    assert "rank-full" not in out["csv"].read_text() and out["full_rank_table"] in md
+
+
+def test_no_whole_split_rank_no_extra_table(tmp_path):
+    study_run(tmp_path, "softmax", 16, None, 1, 300.0)
+    out = write_summary(tmp_path)
+    assert "whole split" not in out["markdown"].read_text() and out["full_rank"].empty
+    assert "full_rank" not in json.loads(out["json"].read_text()) and out["full_rank_table"] == ""

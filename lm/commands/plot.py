@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     summary = write_summary(args.results_dir, command=shlex.join(["softmax-bench", "plot", args.results_dir]))
     print(summary["tables"])
     print()
+    if summary["full_rank_table"]:
+        print(summary["full_rank_table"])
+        print()
     print(f"summary: {summary['markdown']} and {summary['csv']}")
     print(f"plots: {', '.join(str(p) for p in summary['plots'])}")
     for readme in args.readme:
