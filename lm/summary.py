@@ -423,6 +423,19 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
     return _frame(rows, columns)
 
 
+def last_fifth_drop(run: dict) -> float | None:
+    """Relative fall of the validation-subset perplexity over the last fifth of a run's training steps,
+    ``(ppl(s0) - ppl(end)) / ppl(s0)`` with ``s0`` the last evaluation at or before 80% of the final one's
+    step (issue 11's plateau check: below about 2% counts as plateaued); None without such evaluations."""
+    curve: dict[int, float] = {}  # a resumed run logs some steps again: the last line wins
+    for record in run["metrics"]:
+        if record.get("event") == "valid_subset" and _stage(record) == 0 and isinstance(record.get("val_ppl"), (int, float)):
+            curve[int(record.get("step") or 0)] = float(record["val_ppl"])
+    steps = sorted(curve)
+    before = [step for step in steps if step <= 0.8 * steps[-1]] if len(steps) >= 2 else []
+    return (curve[before[-1]] - curve[steps[-1]]) / curve[before[-1]] if before else None
+
+
 def summarize(runs: list[dict]) -> pd.DataFrame:
     """The summary table: one row per group (corpus, body, head, d, varying keys) with the statistics over
     its seeds and the comparison with softmax. ``frame.attrs["varying_keys"]`` lists the dotted keys
@@ -431,6 +444,7 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
     tolerances = rank_tolerances(runs)
     any_kl = any(_kl_value(run["kl"]) is not None for run in runs)
     any_sparse = any("test_zero_target_fraction" in run["result"] for run in runs)
+    any_curve = any(last_fifth_drop(run) is not None for run in runs)
     metrics = ["val_ppl", "test_ppl"] + (["kl"] if any_kl else [])
     compared = ["test_ppl"] + (["kl"] if any_kl else [])
     columns = ["dataset", "body", "head", *[column_name(k) for k in keys], "d", "n_params", "n_seeds", "seeds"]
@@ -440,7 +454,8 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
             columns += [f"{metric}_diff_vs_softmax", f"{metric}_welch_p"]
     columns += [f"rank_{name}" for name in tolerances] + (["effective_rank", "rank_rows"] if tolerances else [])
     if any_sparse:
-        columns += ["test_zero_target_fraction", "test_smoothing"]
+        columns += ["test_zero_target_fraction", "test_zero_fraction", "test_smoothing"]
+    columns += ["last_fifth_drop"] if any_curve else []
     columns += ["training_tokens", "steps", "tokens_per_second", "wall_time_s", "git_commits", "git_dirty", "runs"]
 
     def values_of(group: dict, metric: str) -> list:
@@ -480,8 +495,11 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
             row["effective_rank"] = describe([(run["rank"] or {}).get("effective_rank") for run in group["runs"]])["mean"]
             row["rank_rows"] = _joined([_rank_rows(run) for run in group["runs"]])
         if any_sparse:
-            row["test_zero_target_fraction"] = describe([r.get("test_zero_target_fraction") for r in results])["mean"]
+            for name in ("test_zero_target_fraction", "test_zero_fraction"):
+                row[name] = describe([r.get(name) for r in results])["mean"]
             row["test_smoothing"] = results[0].get("test_smoothing")
+        if any_curve:
+            row["last_fifth_drop"] = describe([last_fifth_drop(run) for run in group["runs"]])["mean"]
         for name in ("training_tokens", "steps"):
             row[name] = _typical([r.get(name) for r in results])
         row["tokens_per_second"] = describe([r.get("tokens_per_second") for r in results])["mean"]
@@ -560,6 +578,8 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
     rank_rows = "rank_rows" in columns  # summaries written before the column have no rank rows
     kl = "kl_mean" in columns
     sparse = "test_zero_target_fraction" in columns
+    zeros = "test_zero_fraction" in columns  # summaries written before the column have only the targets' share
+    curve = "last_fifth_drop" in columns
     blocks = []
     for (dataset, body) in dict.fromkeys(zip(frame["dataset"], frame["body"])):
         part = frame[(frame["dataset"] == dataset) & (frame["body"] == body)]
@@ -572,7 +592,8 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
         if kl:
             header += ["KL (nats/token)", "KL vs softmax"]
         if sparse:
-            header.append("zero-prob targets")
+            header += ["zero-prob targets"] + (["zero probabilities"] if zeros else [])
+        header += ["valid ppl fall, last fifth"] if curve else []
         header += ["tokens/s", "wall time (s)"]
         common = "Every row: " + ", ".join(f"{c} {'-' if _missing(part[c].iloc[0]) else value_words(part[c].iloc[0])}"
                                            for c in same) + "." if same else ""
@@ -591,9 +612,9 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
                 cells.append(_fmt(r["rank_rows"]))
             if kl:
                 cells += [_spread(r["kl_mean"], r["kl_std"], digits), _versus(r["kl_diff_vs_softmax"], r["kl_welch_p"], digits)]
-            if sparse:
-                value = r["test_zero_target_fraction"]
-                cells.append("-" if _missing(value) else f"{value:.2%}")
+            for name, shown in (("test_zero_target_fraction", sparse), ("test_zero_fraction", zeros), ("last_fifth_drop", curve)):
+                if shown:
+                    cells.append("-" if _missing(r[name]) else f"{r[name]:.2%}")
             cells += [_fmt(r["tokens_per_second"], 0), _fmt(r["wall_time_s"], 1)]
             lines.append("| " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
@@ -1454,7 +1475,13 @@ def write_summary(results_dir: str | Path, command: str | None = None) -> dict:
            "d: the size of the hidden vector the head receives" if d_words == "d (head input size)" else
            "d: the width of the head's output embedding (older runs: the size of the hidden vector it receives)")
         + "; a softmax head's log-prob matrix has rank at most d + 2 (d + 1 without an output bias)."
-        + (" KL: KL(P* || P_model) from the true next-token distribution, nats per token." if "kl_mean" in frame.columns else ""),
+        + (" KL: KL(P* || P_model) from the true next-token distribution, nats per token." if "kl_mean" in frame.columns else "")
+        + (" Zero-prob targets / zero probabilities (sparse heads): the share of test targets, and of all test"
+           " entries, given probability exactly 0 (their perplexity is that of the smoothed distribution)."
+           if "test_zero_fraction" in frame.columns else "")
+        + (" Valid ppl fall, last fifth: how much the validation-subset perplexity fell over the last fifth of the"
+           " training steps, relative (mean over seeds; below about 2% counts as a plateau)."
+           if "last_fifth_drop" in frame.columns else ""),
         "",
         tables,
         "",

@@ -208,7 +208,8 @@ def study_run(root: Path, head: str, d: int, k: int | None, seed: int, test_ppl:
               "test_ppl": test_ppl, "n_params": 10_000 + d, "output_embedding_size": d,
               "head_input_size": d if head == "softmax" else 256, "training_tokens": 420_000, "steps": 600,
               "tokens_per_second": 5000.0, "wall_time_s": 100.0, "git_commit": "f" * 40, "git_dirty": False,
-              "test_zero_target_fraction": 0.4 if head == "r_softmax" else 0.0, "config": config}
+              "test_zero_target_fraction": 0.4 if head == "r_softmax" else 0.0,
+              **({"test_zero_fraction": 0.9} if head == "r_softmax" else {}), "config": config}
     (run_dir / "result.json").write_text(json.dumps(result))
     slow = {"softmax": 1.0, "mos": 3.0, "r_softmax": 1.5}[head]
     lines = [{"event": "valid_subset", "epoch": 1, "step": step, "tokens": step * 700 + seed, "train_time_s": step * 0.1 * slow,
@@ -512,6 +513,29 @@ def test_a_resumed_run_counts_each_evaluation_once(tmp_path):
     (line,) = figure.axes[0].get_lines()
     assert list(line.get_xdata()) == [step * 700 + 1 for step in (100, 200, 300, 400, 500, 600)]
     assert line.get_ydata()[3] == 300.0 * (1 + 100 / 400) * 0.99  # the line logged after the resume counts
+
+
+def test_the_plateau_check_and_the_sparsity_reached_are_columns(tmp_path):
+    """last_fifth_drop: (ppl at the last evaluation at or before 80% of the final step - final ppl) / that
+    ppl; the fixture's curve t (1 + 100 / step) at steps 100..600 gives (1.25 - 7/6) / 1.25 = 1/15. The
+    r-softmax row also shows the share of all test entries given probability 0."""
+    from lm.summary import last_fifth_drop, markdown_tables, summarize
+
+    for head, ppl in (("softmax", 300.0), ("mos", 250.0), ("r_softmax", 400.0)):
+        study_run(tmp_path, head, 16, None, 1, ppl)
+    runs = load_runs(tmp_path)
+    assert all(last_fifth_drop(run) == pytest.approx(1 / 15, rel=1e-12) for run in runs)
+    frame = summarize(runs)
+    assert list(frame["last_fifth_drop"]) == pytest.approx([1 / 15] * 3, rel=1e-12)
+    zeros = dict(zip(frame["head"], frame["test_zero_fraction"]))
+    assert zeros["r_softmax"] == 0.9 and pd.isna(zeros["softmax"])
+    text = markdown_tables(frame)
+    header = next(line for line in text.splitlines() if line.startswith("| head"))
+    assert header.endswith("| zero-prob targets | zero probabilities | valid ppl fall, last fifth | tokens/s | wall time (s) |")
+    row = next(line for line in text.splitlines() if line.startswith("| r_softmax"))
+    assert "| 40.00% | 90.00% | 6.67% |" in row
+    one_point = [{"event": "valid_subset", "step": 600, "val_ppl": 300.0}]
+    assert last_fifth_drop({"metrics": one_point}) is None and last_fifth_drop({"metrics": []}) is None
 
 
 def test_fine_tuning_lines_continue_the_curves_dotted(tmp_path):
