@@ -75,3 +75,30 @@ def tiny_overrides(corpus: Path, output_dir: Path, head: str | None = None, **ex
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+class Interrupt(Exception):
+    """Raised inside training right after a checkpoint is saved, as a kill at that moment would stop it."""
+
+
+def interrupt_training(config, monkeypatch, stop) -> dict:
+    """Train ``config`` until ``stop(trainer_state)`` holds right after a ``last.pt`` save, then stop there
+    (``Interrupt``); return the trainer state of that checkpoint. Saving works normally afterwards."""
+    import lm.train
+
+    real, stopped = lm.train.save_checkpoint, {}
+
+    def save(path, checkpoint, keep_previous=True):
+        real(path, checkpoint, keep_previous=keep_previous)
+        state = checkpoint.get("trainer", {})
+        if Path(path).name == "last.pt" and not stopped and stop(state):
+            stopped.update(state)
+            raise Interrupt
+
+    monkeypatch.setattr(lm.train, "save_checkpoint", save)
+    try:
+        with pytest.raises(Interrupt):
+            lm.train.train(config)
+    finally:
+        monkeypatch.setattr(lm.train, "save_checkpoint", real)
+    return stopped

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import lm.train
 from lm.build import build_model
 from lm.checkpoint import load_checkpoint
 from lm.config import load_config
@@ -15,7 +14,7 @@ from lm.data import load_corpus
 from lm.errors import UserError
 from lm.evaluate import evaluate
 from lm.train import TrainState, run_dir_for, train
-from tests.conftest import tiny_overrides, write_tiny_corpus
+from tests.conftest import interrupt_training, tiny_overrides, write_tiny_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 LSTM = ROOT / "configs" / "ptb-lite-lstm.yaml"
@@ -102,30 +101,16 @@ def test_result_names_the_output_embedding_size(corpus, tmp_path, plain_and_subs
     assert mos["output_embedding_size"] == 12 and mos["head_input_size"] == 24
 
 
-class Interrupt(Exception):
-    pass
-
 
 @pytest.mark.parametrize("where", ["epoch 1", "averaging"])
 def test_resume_with_subset_evaluation_is_exact(plain_and_subset, tmp_path, monkeypatch, where):
     reference, reference_dir = plain_and_subset["subset"]
     config = config_for(plain_and_subset["corpus"], tmp_path, **SUBSET)
-    real, stopped = lm.train.save_checkpoint, []
-
-    def save(path, checkpoint, keep_previous=True):
-        real(path, checkpoint, keep_previous=keep_previous)
-        state = checkpoint.get("trainer", {})
-        if Path(path).name == "last.pt" and (state["step"] == 12 if where == "epoch 1" else state["n_averaged"] > 1):
-            stopped.append(state["step"])
-            raise Interrupt
-
-    monkeypatch.setattr(lm.train, "save_checkpoint", save)
-    with pytest.raises(Interrupt):
-        train(config)
-    monkeypatch.setattr(lm.train, "save_checkpoint", real)
+    stopped = interrupt_training(config, monkeypatch,
+                                 lambda state: state["step"] == 12 if where == "epoch 1" else state["n_averaged"] > 1)
     said = []
     resumed = train(config, say=said.append)
-    assert any(line.startswith("resuming") and f"step {stopped[0]} (" in line for line in said), said
+    assert any(line.startswith("resuming") and f"step {stopped['step']} (" in line for line in said), said
     assert lines(run_dir_for(config)) == lines(reference_dir)
     for key in ("val_ppl", "test_ppl", "steps", "averaged_sgd"):
         assert resumed[key] == reference[key], key

@@ -18,7 +18,7 @@ from lm.data import load_corpus
 from lm.dynamic_eval import DynamicEvaluation
 from lm.evaluate import evaluate
 from lm.train import run_dir_for, train
-from tests.conftest import tiny_overrides, write_tiny_corpus
+from tests.conftest import interrupt_training, tiny_overrides, write_tiny_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 LSTM = ROOT / "configs" / "ptb-lite-lstm.yaml"
@@ -86,9 +86,6 @@ FINETUNE = {"train.epochs": 2, "train.finetune_epochs": 4, "train.finetune_lr": 
             "train.log_every": 1, "train.nonmono": 1}
 
 
-class Interrupt(Exception):
-    pass
-
 
 @pytest.fixture(scope="module")
 def finetuned(corpus, tmp_path_factory):
@@ -124,20 +121,8 @@ def test_finetuning_restarts_averaged_sgd_from_the_best_weights(finetuned):
 def test_finetuning_resumes_exactly_after_a_kill(corpus, finetuned, tmp_path, monkeypatch, where):
     expected, expected_dir = finetuned
     config = load_config(LSTM, tiny_overrides(corpus, tmp_path, **FINETUNE))
-    real, stopped = lm.train.save_checkpoint, []
-
-    def save(path, checkpoint, keep_previous=True):
-        real(path, checkpoint, keep_previous=keep_previous)
-        state = checkpoint.get("trainer", {})
-        if Path(path).name == "last.pt" and state.get("stage") == "finetune" and not stopped:
-            if where == "at the switch" or state["step"] > state["stage_start_step"] + 3:
-                stopped.append(state["step"])
-                raise Interrupt
-
-    monkeypatch.setattr(lm.train, "save_checkpoint", save)
-    with pytest.raises(Interrupt):
-        train(config)
-    monkeypatch.setattr(lm.train, "save_checkpoint", real)
+    interrupt_training(config, monkeypatch, lambda state: state.get("stage") == "finetune" and (
+        where == "at the switch" or state["step"] > state["stage_start_step"] + 3))
     resumed = train(config)
     for key in ("val_ppl", "test_ppl", "val_loss", "steps", "finetune_epochs_completed", "best_stage", "best_epoch"):
         assert resumed[key] == expected[key], key

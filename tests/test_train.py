@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import lm.train
 from lm.cli import main
 from lm.config import load_config
 from lm.heads import HEADS
 from lm.train import run_dir_for, train
-from tests.conftest import tiny_overrides, write_tiny_corpus
+from tests.conftest import interrupt_training, tiny_overrides, write_tiny_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 LSTM = ROOT / "configs" / "ptb-lite-lstm.yaml"
@@ -56,28 +55,13 @@ def test_same_seed_gives_identical_numbers(tiny_corpus, tmp_path):
     assert a["val_ppl"] != c["val_ppl"]
 
 
-class Interrupt(Exception):
-    pass
-
 
 @pytest.mark.parametrize("stop_after_saves", [1, 2, 3])
 def test_interrupted_then_resumed_equals_uninterrupted(tiny_corpus, tmp_path, monkeypatch, stop_after_saves):
     reference = train(tiny_config(tiny_corpus, tmp_path / "ref", **{"train.epochs": 3, "train.checkpoint_every": 3}))
     config = tiny_config(tiny_corpus, tmp_path / "cut", **{"train.epochs": 3, "train.checkpoint_every": 3})
-    real_save = lm.train.save_checkpoint
-    calls = {"n": 0}
-
-    def save_then_die(path, checkpoint, keep_previous=True):
-        real_save(path, checkpoint, keep_previous)
-        if Path(path).name == "last.pt":
-            calls["n"] += 1
-            if calls["n"] == stop_after_saves:
-                raise Interrupt
-
-    monkeypatch.setattr(lm.train, "save_checkpoint", save_then_die)
-    with pytest.raises(Interrupt):
-        train(config)
-    monkeypatch.setattr(lm.train, "save_checkpoint", real_save)
+    saves = iter(range(1, 1000))  # last.pt saves so far
+    interrupt_training(config, monkeypatch, lambda state: next(saves) == stop_after_saves)
     resumed = train(config)
     assert resumed["val_ppl"] == reference["val_ppl"]
     assert resumed["test_ppl"] == reference["test_ppl"]
