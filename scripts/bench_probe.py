@@ -20,17 +20,16 @@ and its peak resident memory (``VmHWM``) against the size of one ``min(N, V)^2``
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_common import header, run_case, write_json  # noqa: E402
 
 
 def peak_gb() -> float:
@@ -97,44 +96,15 @@ def main() -> int:
     cases = []
     for case in args.cases:
         n_vocab, n_rows, n_dims = (int(x) for x in case.lower().split("x"))
-        load = os.getloadavg()
-        spec = {"n_vocab": n_vocab, "n_rows": n_rows, "n_dims": n_dims, "seed": args.seed}
-        done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"case {case} failed:\n{done.stderr}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        result["load_average_before"] = list(load)
-        result["load_average_after"] = list(os.getloadavg())
+        result = run_case(__file__, {"n_vocab": n_vocab, "n_rows": n_rows, "n_dims": n_dims, "seed": args.seed})
         cases.append(result)
         print(json.dumps(result), flush=True)
-        write(args, cases, finished=len(cases) == len(args.cases))
+        # after every case, so a long last case never loses the earlier ones
+        write_json(args.output, {
+            **header("probe", __file__), "note": args.note,
+            "setup": "synthetic head W (V, d) and hidden states H (N, d), Gaussian, no bias; see the docstring",
+            "cases": cases, "cases_not_run_yet": args.cases[len(cases):]})
     return 0
-
-
-def write(args, cases: list[dict], finished: bool) -> None:
-    """Write the JSON after every case, so a long last case never loses the earlier ones."""
-    import numpy as np
-    import scipy
-    import torch
-
-    output = {
-        "benchmark": "probe",
-        "command": shlex.join(["python", "scripts/bench_probe.py", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cores": os.cpu_count(), "platform": platform.platform(),
-            "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
-            "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-            "blas_threads": os.environ.get("OMP_NUM_THREADS", "library default"),
-        },
-        "note": args.note,
-        "setup": "synthetic head W (V, d) and hidden states H (N, d), Gaussian, no bias; see the docstring",
-        "cases": cases,
-        "cases_not_run_yet": [] if finished else args.cases[len(cases):],
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(output, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,17 +21,15 @@ half-width 1, tolerance 1e-9 relative, 2 worker processes for the LPs (the machi
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_common import header, run_case, write_json  # noqa: E402
 N_PARTS = 5  # tokens per convex combination
 
 
@@ -92,40 +90,18 @@ def main() -> int:
         print(json.dumps(worker(**json.loads(args.worker))))
         return 0
 
-    import numpy as np
-    import scipy
-    import torch
-
     cases = []
     for size in args.sizes:
         n_tokens, n_dims = (int(x) for x in size.lower().split("x"))
         for kind in args.kinds:
-            spec = {"kind": kind, "n_tokens": n_tokens, "n_dims": n_dims, "n_interior": args.n_interior,
-                    "seed": args.seed, "n_workers": args.workers}
-            load = os.getloadavg()
-            done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                                  text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
-            if done.returncode != 0:
-                raise SystemExit(f"case {spec} failed:\n{done.stderr}")
-            case = json.loads(done.stdout.strip().splitlines()[-1])
-            case["load_average_before"] = list(load)
+            case = run_case(__file__, {"kind": kind, "n_tokens": n_tokens, "n_dims": n_dims,
+                                       "n_interior": args.n_interior, "seed": args.seed, "n_workers": args.workers})
             cases.append(case)
             print(json.dumps(case), flush=True)
-    result = {
-        "benchmark": "unargmaxable",
-        "command": shlex.join(["python", "scripts/bench_unargmaxable.py", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cores": os.cpu_count(), "platform": platform.platform(),
-            "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
-            "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-        },
-        "note": args.note,
+    write_json(args.output, {
+        **header("unargmaxable", __file__), "note": args.note,
         "setup": "synthetic heads (see the script's docstring), box half-width 1, tolerance 1e-9 relative",
-        "cases": cases,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+        "cases": cases})
     return 0
 
 
