@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -278,6 +280,40 @@ def test_shipped_suites_load_and_expand():
         assert cells, path
         assert len({c.run_dir for c in cells}) == len(cells)
     assert DEFAULT_SUITE.is_file() and load_suite(None).name == "ground-truth"
+
+
+def study_cells() -> dict[tuple, object]:
+    """The cells of the shipped study suite by (corpus, head, d, seed, K or r)."""
+    cells = {}
+    for cell in expand(load_suite(ROOT / "configs" / "suites" / "study.yaml")):
+        config = to_dict(cell.config)
+        option = config["head"].get("n_components") if cell.config.head.name == "mos" else config["head"].get("r")
+        cells[(config["data"]["name"], cell.config.head.name, cell.config.model.d_embedding, cell.config.train.seed, option)] = cell
+    return cells
+
+
+def test_the_study_suite_expands_to_the_intended_cells():
+    """Issue 11's grid: softmax, sigsoftmax, MoS (K = 5) at d 16 / 32 / 64 x 3 seeds on PTB, the K sweep and
+    r sweep at d = 32, WikiText-2 at d = 32; one budget and schedule per corpus; the corpus by name only."""
+    cells = study_cells()
+    ptb = {key for key in cells if key[0] == "ptb"}
+    grid = {("ptb", head, d, seed, 5 if head == "mos" else None) for head in ("softmax", "sigsoftmax", "mos")
+            for d in (16, 32, 64) for seed in (1, 2, 3)}
+    assert grid <= ptb
+    assert {("ptb", "mos", 32, 1, k) for k in (2, 10)} <= ptb
+    assert {("ptb", "r_softmax", 32, 1, r) for r in (0.01, 0.1, 0.5)} <= ptb
+    assert {("wikitext-2", head, 32, 1, 5 if head == "mos" else None) for head in ("softmax", "sigsoftmax", "mos")} <= set(cells)
+    for (corpus, head, d, seed, option), cell in cells.items():
+        t = cell.config.train
+        assert (t.lr_schedule, t.averaged_sgd, t.eval_every, t.optimizer) == ("cosine", False, 266, "sgd")
+        assert cell.config.data.path is None and cell.config.data.name == corpus
+        assert (t.max_steps, t.epochs) == ((2660, 100) if corpus == "ptb" else (3200, 1))
+    assert len({cell.run_dir for cell in cells.values()}) == len(cells)
+    out = subprocess.run([sys.executable, "-m", "lm.cli", "suite", str(ROOT / "configs" / "suites" / "study.yaml"),
+                          "--set", "data.root=/nonexistent/data", "--dry-run"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and f"# {len(cells)} runs" in out.stdout
+    commands = [line for line in out.stdout.splitlines() if line.startswith("OMP_NUM_THREADS=1 python -m lm.cli train")]
+    assert len(commands) == len(cells) and all("data.root=/nonexistent/data" in c for c in commands)
 
 
 class Interrupt(Exception):
