@@ -287,7 +287,7 @@ def study_cells() -> dict[tuple, object]:
     cells = {}
     for cell in expand(load_suite(ROOT / "configs" / "suites" / "study.yaml")):
         config = to_dict(cell.config)
-        option = config["head"].get("n_components") if cell.config.head.name == "mos" else config["head"].get("r")
+        option = config["head"].get("n_components") if cell.config.head.name in ("mos", "moss") else config["head"].get("r")
         cells[(config["data"]["name"], cell.config.head.name, cell.config.model.d_embedding, cell.config.train.seed, option)] = cell
     return cells
 
@@ -300,6 +300,7 @@ def test_the_study_suite_expands_to_the_intended_cells():
     grid = {("ptb", head, d, seed, 5 if head == "mos" else None) for head in ("softmax", "sigsoftmax", "mos")
             for d in (16, 32, 64) for seed in (1, 2, 3)}
     assert grid <= ptb
+    assert {("ptb", "moss", 32, seed, 5) for seed in (1, 2, 3)} <= ptb
     assert {("ptb", "mos", 32, 1, k) for k in (2, 10)} <= ptb
     assert {("ptb", "r_softmax", 32, 1, r) for r in (0.01, 0.1, 0.5)} <= ptb
     assert {("wikitext-2", head, 32, 1, 5 if head == "mos" else None) for head in ("softmax", "sigsoftmax", "mos")} <= set(cells)
