@@ -300,10 +300,11 @@ def test_the_study_suite_expands_to_the_intended_cells():
     grid = {("ptb", head, d, seed, 5 if head == "mos" else None) for head in ("softmax", "sigsoftmax", "mos")
             for d in (16, 32, 64) for seed in (1, 2, 3)}
     assert grid <= ptb
+    assert {("ptb", "moc", d, seed, None) for d in (16, 32, 64) for seed in (1, 2, 3)} <= ptb
     assert {("ptb", "moss", 32, seed, 5) for seed in (1, 2, 3)} <= ptb
     assert {("ptb", "mos", 32, 1, k) for k in (2, 10)} <= ptb
     assert {("ptb", "r_softmax", 32, 1, r) for r in (0.01, 0.1, 0.5)} <= ptb
-    assert {("wikitext-2", head, 32, 1, 5 if head == "mos" else None) for head in ("softmax", "sigsoftmax", "mos")} <= set(cells)
+    assert {("wikitext-2", head, 32, 1, 5 if head == "mos" else None) for head in ("softmax", "sigsoftmax", "mos", "moc")} <= set(cells)
     for (corpus, head, d, seed, option), cell in cells.items():
         t = cell.config.train
         assert (t.lr_schedule, t.averaged_sgd, t.eval_every, t.optimizer) == ("cosine", False, 266, "sgd")
