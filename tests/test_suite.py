@@ -302,6 +302,9 @@ def test_the_study_suite_expands_to_the_intended_cells():
     assert grid <= ptb
     assert {("ptb", "moc", d, seed, None) for d in (16, 32, 64) for seed in (1, 2, 3)} <= ptb
     assert {("ptb", "moss", 32, seed, 5) for seed in (1, 2, 3)} <= ptb
+    control = {("ptb", "mos", d, seed, 1) for d in (16, 32, 64) for seed in (1, 2, 3)} | {("wikitext-2", "mos", 32, 1, 1)}
+    assert control <= set(cells) and all(cells[key].config.train.lr == 10.0 for key in control)
+    assert all(cell.config.train.lr == 20.0 for key, cell in cells.items() if key not in control)
     assert {("ptb", "mos", 32, 1, k) for k in (2, 10)} <= ptb
     assert {("ptb", "r_softmax", 32, 1, r) for r in (0.01, 0.1, 0.5)} <= ptb
     assert {("wikitext-2", head, 32, 1, 5 if head == "mos" else None) for head in ("softmax", "sigsoftmax", "mos", "moc")} <= set(cells)
