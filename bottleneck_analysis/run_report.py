@@ -29,7 +29,6 @@ from lm.provenance import provenance
 
 SCHEMA_VERSION = 1
 REPORT_FILE = "rank.json"
-PLOT_FILE = "rank_spectrum.png"
 # The report of the papers' protocol (the whole split, state carried, float64 head) of selected runs: a file
 # of its own so that the suite's rank.json, of the same rows in every run, stays comparable across runs.
 FULL_RANK_FILE = "rank-full.json"

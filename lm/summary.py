@@ -444,7 +444,8 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
     tolerances = rank_tolerances(runs)
     any_kl = any(_kl_value(run["kl"]) is not None for run in runs)
     any_sparse = any("test_zero_target_fraction" in run["result"] for run in runs)
-    any_curve = any(last_fifth_drop(run) is not None for run in runs)
+    drops = {id(run): last_fifth_drop(run) for run in runs}  # the plateau check, once per run
+    any_curve = any(drop is not None for drop in drops.values())
     metrics = ["val_ppl", "test_ppl"] + (["kl"] if any_kl else [])
     compared = ["test_ppl"] + (["kl"] if any_kl else [])
     columns = ["dataset", "body", "head", *[column_name(k) for k in keys], "d", "n_params", "n_seeds", "seeds"]
@@ -499,7 +500,7 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
                 row[name] = describe([r.get(name) for r in results])["mean"]
             row["test_smoothing"] = results[0].get("test_smoothing")
         if any_curve:
-            row["last_fifth_drop"] = describe([last_fifth_drop(run) for run in group["runs"]])["mean"]
+            row["last_fifth_drop"] = describe([drops[id(run)] for run in group["runs"]])["mean"]
         for name in ("training_tokens", "steps"):
             row[name] = _typical([r.get(name) for r in results])
         row["tokens_per_second"] = describe([r.get("tokens_per_second") for r in results])["mean"]

@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lm.io import atomic_write_json  # noqa: E402  (light: no torch; the scripts write their JSON with it)
 
 
 def run_case(script: str, spec: dict) -> dict:
@@ -31,15 +34,9 @@ def header(name: str, script: str) -> dict:
     import numpy as np
     import scipy
 
-    sys.path.insert(0, str(ROOT))
     from lm.provenance import provenance  # imported here: workers that import this module stay light
 
     return {"benchmark": name, "command": shlex.join(["python", f"scripts/{Path(script).name}", *sys.argv[1:]]),
             **provenance("cpu"), "numpy_version": np.__version__, "scipy_version": scipy.__version__,
             "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
             "blas_threads": os.environ.get("OMP_NUM_THREADS", "library default")}
-
-
-def write_json(path: str | Path, content: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(content, indent=2) + "\n")

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_common import header, run_case, write_json  # noqa: E402
+from bench_common import atomic_write_json, header, run_case  # noqa: E402
 
 
 def peak_gb() -> float:
@@ -100,7 +100,7 @@ def main() -> int:
         cases.append(result)
         print(json.dumps(result), flush=True)
         # after every case, so a long last case never loses the earlier ones
-        write_json(args.output, {
+        atomic_write_json(args.output, {
             **header("probe", __file__), "note": args.note,
             "setup": "synthetic head W (V, d) and hidden states H (N, d), Gaussian, no bias; see the docstring",
             "cases": cases, "cases_not_run_yet": args.cases[len(cases):]})

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_common import header, run_case, write_json  # noqa: E402
+from bench_common import atomic_write_json, header, run_case  # noqa: E402
 N_PARTS = 5  # tokens per convex combination
 
 
@@ -98,7 +98,7 @@ def main() -> int:
                                        "n_interior": args.n_interior, "seed": args.seed, "n_workers": args.workers})
             cases.append(case)
             print(json.dumps(case), flush=True)
-    write_json(args.output, {
+    atomic_write_json(args.output, {
         **header("unargmaxable", __file__), "note": args.note,
         "setup": "synthetic heads (see the script's docstring), box half-width 1, tolerance 1e-9 relative",
         "cases": cases})
