@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import random
@@ -468,7 +469,7 @@ class Trainer:
         self.bar = None
 
     def run(self) -> dict:
-        with process_group(self.world, self.device):
+        with process_group(self.world, self.device), self.reducer_released_before_teardown():
             finished = self.folder.finished_result()
             if finished is None:
                 corpus = load_configured_corpus(self.config.data)
@@ -483,6 +484,22 @@ class Trainer:
                         return self.train(corpus)
         self.say(f"run {self.run_dir} already finished (test ppl {finished.get('test_ppl', float('nan')):.2f}); nothing to do.")
         return finished
+
+    @contextlib.contextmanager
+    def reducer_released_before_teardown(self) -> Iterator[None]:
+        """Drop the DistributedDataParallel wrapper while the process group is still registered.
+
+        Its C++ Reducer holds a reference to the gloo process group and is destroyed with the GIL held; if it
+        is the group's last holder (after ``destroy_process_group``), the group's destructor joins gloo's
+        worker threads while one of them waits for the GIL to free a finished broadcast's tensors: a
+        deadlock that hung 2 of 23 2-process runs at their very end. Dropped here, the group's last
+        reference goes with ``destroy_process_group``, which releases the GIL first."""
+        try:
+            yield
+        finally:
+            if getattr(self, "loss_module", None) is not None:
+                self.loss_module = None
+                gc.collect()  # now, even if a reference cycle holds the wrapper
 
     def train(self, corpus) -> dict:
         """Set up, resume or start, train each stage to its end (rolling back on non-finite values if

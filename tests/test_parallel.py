@@ -9,16 +9,19 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from lm.checkpoint import SLOW_WRITE_ENV, load_checkpoint
 from lm.cli import main
 from lm.config import load_config, save_config
 from lm.errors import UserError
-from lm.train import run_dir_for, train
+from lm.train import Trainer, run_dir_for, train
 from tests.conftest import tiny_overrides, write_tiny_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,3 +161,18 @@ def test_batch_not_divisible_by_the_processes(runs, tmp_path, monkeypatch):
     config = load_config(LSTM, tiny_overrides(runs["corpus"], tmp_path, **{**RUN, "train.batch_size": 3}))
     with pytest.raises(UserError, match=r"^train.batch_size=3 must be divisible by the 2 processes of torchrun\.$"):
         train(config)
+
+
+def test_the_ddp_wrapper_goes_before_the_process_group(tmp_path):
+    """Its Reducer must not be the group's last holder: destroyed after ``destroy_process_group`` (with the
+    GIL held) it joins gloo's threads while one waits for the GIL, the hang at the end of a 2-process run."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        holder = SimpleNamespace(loss_module=torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2)))
+        holder.loss_module(torch.ones(4, 3)).sum().backward()  # the Reducer's autograd hooks have fired
+        wrapper = weakref.ref(holder.loss_module)
+        with Trainer.reducer_released_before_teardown(holder):
+            assert wrapper() is not None
+        assert wrapper() is None and dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
