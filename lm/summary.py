@@ -282,15 +282,18 @@ def group_runs(runs: list[dict]) -> tuple[list[str], list[dict]]:
 
 
 def head_determined_keys(groups: list[dict], keys: list[str]) -> list[str]:
-    """Varying keys other than head options whose value the head fixes (one value per head, e.g. a learning
-    rate chosen per head): a comparison with softmax does not match on them."""
+    """Varying keys other than head options whose value the head with its options fixes (one value per head
+    and options, e.g. a learning rate chosen per head, another for MoS with K = 1 than with K = 5): a
+    comparison with softmax does not match on them."""
     found = []
+    options = [k for k in keys if k.startswith("head.")]
     for key in keys:
         if key.startswith("head."):
             continue
         values: dict[str, set] = {}
         for group in groups:
-            values.setdefault(group["head"], set()).add(json.dumps(group["sizes"][key], sort_keys=True))
+            head = json.dumps([group["head"], [group["sizes"][k] for k in options]])
+            values.setdefault(head, set()).add(json.dumps(group["sizes"][key], sort_keys=True))
         if all(len(v) == 1 for v in values.values()) and len(set().union(*values.values())) > 1:
             found.append(key)
     return found
@@ -810,6 +813,15 @@ def _series(groups: list[dict], keys: list[str], scope: list[dict] | None = None
     return result
 
 
+def _d_curves(lines: list[tuple[str, tuple, list[dict]]]) -> list[tuple[str, tuple, list[dict]]]:
+    """The lines of a plot against d: a head's lines at a single d (a head option swept there, e.g. MoS's
+    K = 2 and 10, drawn by the sweeps figure) are left out when the same head has a line over several d."""
+    spans: dict[str, int] = {}
+    for _, _, series in lines:
+        spans[series[0]["head"]] = max(spans.get(series[0]["head"], 0), len({g["d"] for g in series}))
+    return [line for line in lines if len({g["d"] for g in line[2]}) > 1 or spans[line[2][0]["head"]] < 2]
+
+
 def _settings(groups: list[dict], keys: list[str], with_d: bool = True) -> list[tuple[str, list[dict]]]:
     """Groups split into panels by setting (d when asked, and the panel keys), each panel split again into
     dense and sparse heads so that a sparse head's perplexity does not squash the others."""
@@ -952,7 +964,7 @@ def figure_test_ppl_vs_d(groups: list[dict], keys: list[str]):
         if not members:  # a placeholder that starts the next row
             ax.remove()
             continue
-        for name, (color, marker, line), series in _series(members, keys, groups):
+        for name, (color, marker, line), series in _d_curves(_series(members, keys, groups)):
             points = [(g["d"], describe([run["result"].get("test_ppl") for run in g["runs"]]), g) for g in series if g["d"] is not None]
             points = [p for p in points if p[1]["mean"] is not None]
             if not points:
@@ -1043,7 +1055,7 @@ def figure_rank_vs_d(groups: list[dict], keys: list[str]):
         if not members:  # a placeholder that starts the next row
             ax.remove()
             continue
-        for series_name, (color, marker, line), series in _series(members, keys, groups):
+        for series_name, (color, marker, line), series in _d_curves(_series(members, keys, groups)):
             points = [(g["d"], describe([_rank_value(run, name) for run in g["runs"]])) for g in series if g["d"] is not None]
             points = [p for p in points if p[1]["mean"] is not None]
             if points:
@@ -1267,19 +1279,21 @@ def figure_kl_vs_d(groups: list[dict], keys: list[str]):
 
 def _sweeps(groups: list[dict], keys: list[str]) -> list[tuple[str, str, Any, list[dict]]]:
     """(head, option key, d, groups) of every sweep: a numeric head option with two or more values among
-    the groups of one head at one d (and one value of the other keys)."""
+    the groups of one head at one d (and one value of the other keys); of several such, the widest."""
     found = []
+    determined = head_determined_keys(groups, keys)  # e.g. K = 1's own learning rate: still one sweep
     for head in dict.fromkeys(g["head"] for g in groups):
         for key in [k for k in keys if k.startswith("head.") and head_takes(head, k)]:
-            others = [k for k in keys if k != key]
+            others = [k for k in keys if k != key and k not in determined]
             bins: dict[tuple, list[dict]] = {}
             for group in groups:
                 value = group["sizes"][key]
                 if group["head"] == head and isinstance(value, (int, float)) and not isinstance(value, bool):
                     ident = (json.dumps(group["d"]), json.dumps({k: group["sizes"][k] for k in others}, sort_keys=True))
                     bins.setdefault(ident, []).append(group)
-            for members in bins.values():
-                if len({g["sizes"][key] for g in members}) > 1:
+            widest = max((len({g["sizes"][key] for g in members}) for members in bins.values()), default=0)
+            for members in bins.values():  # the widest sweep (K 1 / 2 / 5 / 10 at d = 32, not K 1 / 5 at every d)
+                if len({g["sizes"][key] for g in members}) == widest > 1:
                     found.append((head, key, members[0]["d"], sorted(members, key=lambda g: g["sizes"][key])))
     return found
 

@@ -188,7 +188,8 @@ STUDY_PPL = {  # (head, d, K) -> test perplexity per seed; d is the output embed
     ("softmax", 16, None): [300.0, 310.0, 305.0], ("softmax", 32, None): [200.0, 204.0, 199.0],
     ("softmax", 64, None): [150.0, 149.0, 153.5],
     ("mos", 16, 5): [250.0, 262.0, 255.0], ("mos", 32, 5): [180.0, 186.0, 178.0], ("mos", 64, 5): [145.0, 147.0, 146.0],
-    ("mos", 32, 1): [230.0, 228.0],  # the matched-body control, two seeds
+    ("mos", 16, 1): [280.0, 284.0], ("mos", 32, 1): [230.0, 228.0], ("mos", 64, 1): [160.0, 157.0],  # the matched-body control, two seeds
+    ("mos", 32, 2): [190.0],  # the K sweep at d = 32, one seed
     ("r_softmax", 16, None): [9.0e5, 1.1e6, 1.3e6], ("r_softmax", 32, None): [7.0e5, 8.0e5, 6.0e5],
 }
 
@@ -199,7 +200,7 @@ def study_run(root: Path, head: str, d: int, k: int | None, seed: int, test_ppl:
     name = f"awd_lstm-ptb-{head}-s{seed}-d_embedding{d}" + (f"-n_components{k}" if k else "")
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    lr = {"softmax": 20.0, "mos": 10.0, "r_softmax": 5.0}[head]
+    lr = 10.0 if k == 1 else {"softmax": 20.0, "mos": 20.0, "r_softmax": 5.0}[head]  # as the study: K = 1 at its own rate
     config = {"data": {"name": "ptb", "path": "/local/ptb"}, "run": {"output_dir": str(root), "name": name},
               "model": {"body": "awd_lstm", "d_embedding": d, "d_hidden": 256, "d_last": None, "tie_weights": True},
               "head": {"name": head, "n_components": k or 5, "r": 0.5},
@@ -253,15 +254,18 @@ def welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float]:
 def test_statistics_equal_hand_computed_values(study):
     frame = summarize(load_runs(study))
     assert frame.attrs["varying_keys"] == ["model.d_embedding", "head.n_components", "train.lr"]
-    assert frame.attrs["compared_on"] == ["dataset", "body", "d", "model.d_embedding"]  # lr is fixed per head: not matched
+    assert frame.attrs["compared_on"] == ["dataset", "body", "d", "model.d_embedding"]  # lr is fixed per head and K: not matched
     rows = {(r["head"], r["d"], None if pd.isna(r["n_components"]) else r["n_components"]): r for _, r in frame.iterrows()}
     assert set(rows) == set(STUDY_PPL) and len(frame) == len(STUDY_PPL)
     for key, values in STUDY_PPL.items():
         row = rows[key]
         n = len(values)
         mean = sum(values) / n
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
         assert row["n_seeds"] == n and math.isclose(row["test_ppl_mean"], mean, rel_tol=1e-12)
+        if n == 1:  # no spread, no interval from one seed
+            assert pd.isna(row["test_ppl_std"]) and pd.isna(row["test_ppl_ci95_low"]) and pd.isna(row["test_ppl_welch_p"])
+            continue
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
         assert math.isclose(row["test_ppl_std"], std, rel_tol=1e-12)
         if n == 3:
             half = t_quantile_975_two_dof() * std / math.sqrt(3)
@@ -295,7 +299,7 @@ def test_summary_files_carry_the_statistics(study, tmp_path):
     assert [r["head"] for r in rows] == list(frame["head"])
     first_mos = next(r for r in rows if r["head"] == "mos")
     assert float(first_mos["test_ppl_welch_p"]) == frame[frame["head"] == "mos"]["test_ppl_welch_p"].iloc[0]
-    assert first_mos["n_components"] == "5" and first_mos["d"] == "16"  # integers stay integers beside empty cells
+    assert first_mos["n_components"] == "1" and first_mos["d"] == "16"  # integers stay integers beside empty cells
     data = json.loads(out["json"].read_text())
     assert data["columns"] == list(frame.columns) and data["summary_code"]["git_commit"]
     assert data["rows"][0]["n_components"] is None and data["rows"][0]["test_ppl_welch_p"] is None
@@ -339,7 +343,7 @@ def test_study_plots_have_the_expected_series(study, tmp_path):
     softmax_line = handles[0].lines[0]
     assert list(softmax_line.get_xdata()) == [16, 32, 64]
     assert list(softmax_line.get_ydata()) == [statistics.fmean(STUDY_PPL[("softmax", d, None)]) for d in (16, 32, 64)]
-    assert list(handles[1].lines[0].get_xdata()) == [32]
+    assert list(handles[1].lines[0].get_xdata()) == [16, 32, 64]  # K = 2, at d = 32 alone, is in the sweeps figure
 
     # rank against d with the softmax bound at d + 2
     (ax,) = made["rank-vs-d-ptb-awd_lstm.png"].axes
@@ -358,9 +362,9 @@ def test_study_plots_have_the_expected_series(study, tmp_path):
     assert [a.get_title() for a in tokens] == ["d = 16", "d = 32", "d = 64", "d = 16; r-softmax (sparse head, smoothed)",
                                               "d = 32; r-softmax (sparse head, smoothed)"]
     # a line has one label and style in every panel (MoS at K = 5 is "MoS (K = 5)" at d = 16 too)
-    assert [l.get_label() for l in tokens[0].get_lines()] == ["softmax", "MoS (K = 5)"]
+    assert [l.get_label() for l in tokens[0].get_lines()] == ["softmax", "MoS (K = 1)", "MoS (K = 5)"]
     styles = {(l.get_label(), l.get_color(), l.get_marker(), str(l.get_linestyle())) for a in tokens for l in a.get_lines()}
-    assert len(styles) == len({s[0] for s in styles}) == 4
+    assert len(styles) == len({s[0] for s in styles}) == 5
     line = next(l for l in tokens[0].get_lines() if l.get_label() == "softmax")
     assert list(line.get_xdata()) == [step * 700 + 2 for step in (100, 200, 300, 400, 500, 600)]  # mean of seeds 1..3
     assert math.isclose(line.get_ydata()[0], statistics.fmean(STUDY_PPL[("softmax", 16, None)]) * 2)
@@ -369,11 +373,13 @@ def test_study_plots_have_the_expected_series(study, tmp_path):
     assert math.isclose(mos.get_xdata()[-1], 600 * 0.1 * 3.0) and seconds.get_yscale() == "log"
     assert "training time" in seconds.get_xlabel()
 
-    # the K sweep at d = 32 (the matched-body control K = 1 and K = 5) beside softmax at d = 32
+    # the widest K sweep, at d = 32 (the matched-body control K = 1 at its own rate, K = 2 and 5; not K 1 / 5 at
+    # d = 16 and 64), beside softmax at d = 32
     ppl, rank = made["sweeps-ptb-awd_lstm.png"].axes
+    assert ppl.get_title() == "MoS, d = 32"
     (sweep,) = [c for c in ppl.containers if c.get_label() == "MoS"]
-    assert list(sweep.lines[0].get_xdata()) == [1, 5]
-    assert list(sweep.lines[0].get_ydata()) == [statistics.fmean(STUDY_PPL[("mos", 32, k)]) for k in (1, 5)]
+    assert list(sweep.lines[0].get_xdata()) == [1, 2, 5]
+    assert list(sweep.lines[0].get_ydata()) == [statistics.fmean(STUDY_PPL[("mos", 32, k)]) for k in (1, 2, 5)]
     reference = next(l for l in ppl.get_lines() if l.get_label() == "softmax at d = 32")
     assert reference.get_ydata()[0] == statistics.fmean(STUDY_PPL[("softmax", 32, None)])
     assert any(l.get_label() == "softmax bound d + 2" and l.get_ydata()[0] == 34 for l in rank.get_lines())
@@ -433,7 +439,7 @@ def small_study(tmp_path) -> Path:
     """Softmax and MoS at d = 16 and 32, three seeds each (few plots: quick to summarize)."""
     root = tmp_path / "repo" / "results" / "study"
     for (head, d, k), values in STUDY_PPL.items():
-        if head in ("softmax", "mos") and k != 1 and d in (16, 32):
+        if head in ("softmax", "mos") and k in (None, 5) and d in (16, 32):
             for seed, value in enumerate(values, 1):
                 study_run(root, head, d, k, seed, value)
     return root
@@ -466,7 +472,7 @@ def test_readme_tables_come_from_the_summary(small_study, tmp_path, capsys):
     softmax16 = frame[(frame["head"] == "softmax") & (frame["d"] == 16)].iloc[0]
     block = text.split("<!-- table:results/study#ptb -->")[1].split("<!-- /table:results/study#ptb -->")[0]
     assert "typed by hand" not in block and "### " not in block  # one corpus: no heading
-    assert f"| softmax | 16 | 20 | 16 | 10,016 | {softmax16['val_ppl_mean']:,.2f} ± {softmax16['val_ppl_std']:,.2f} |" in block
+    assert f"| softmax | 16 | 16 | 10,016 | {softmax16['val_ppl_mean']:,.2f} ± {softmax16['val_ppl_std']:,.2f} |" in block
     assert "### ptb (awd_lstm)" not in text.split("<!-- table:results/study -->")[1]  # one block: no heading either
     assert text.startswith("# A project\n\nIntro text stays.\n") and "\nBetween the tables.\n" in text
     assert "left alone by plot --readme results/study" in text
