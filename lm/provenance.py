@@ -57,10 +57,20 @@ def machine(device: torch.device | str = "cpu") -> dict:
         "processor": platform.processor() or platform.machine(),
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,
+        "load_average_1_5_15_min": _load_average(),  # how busy the machine was as the file was written
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def _load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the platform has none): a timing taken on a shared
+    machine shows here, e.g. a one-thread run on 2 cores with more than one other job beside it."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def provenance(device: torch.device | str = "cpu") -> dict:

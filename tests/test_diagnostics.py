@@ -328,6 +328,7 @@ def test_rank_run_writes_the_report_and_plot(tmp_path, config_name, head):
     result = json.loads((run_dir / "result.json").read_text())  # the same provenance helper as the trainer
     assert written["git_commit"] == result["git_commit"] and len(written["git_commit"]) == 40
     assert isinstance(written["git_dirty"], bool) and written["device"] == "cpu" and written["date"].endswith("+00:00")
+    assert len(result["load_average_1_5_15_min"]) == 3 and min(result["load_average_1_5_15_min"]) >= 0
     n_valid = len(load_run(run_dir)[1].valid)
     assert written["n_rows"] == n_valid - 1
     assert written["softmax_rank_bound"] == 16 + 2
