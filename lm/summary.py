@@ -30,7 +30,7 @@ Figures (``RESULTS/plots/``, 150 dpi, one set per corpus and body; heads in regi
 - ``valid-vs-tokens-*.png``, ``valid-vs-time-*.png``: validation perplexity against training tokens and
   training seconds (the ``valid_subset`` evaluations of ``metrics.jsonl``, else the per-epoch ones);
 - ``valid-ppl-*.png``: validation perplexity per epoch per head;
-- ``spectrum-*.png``: normalized singular values s_i / s_1 of the log-prob matrix, log scale, a dashed
+- ``spectrum-*.png``: normalized singular values s_i / s_1 of the log-prob matrix, log-log axes, a dashed
   line at d + 2 (the rank bound of a softmax head with output embedding size d and a bias);
 - ``kl-vs-d-*.png``: for ground-truth runs, KL(P* || P_model) against d per head;
 - ``sweeps-*.png``: test perplexity and rank against a head option swept at one d (MoS's K, r-softmax's r),
@@ -1207,8 +1207,9 @@ def _singular_values(run: dict) -> list[float] | None:
 
 
 def figure_spectra(groups: list[dict], keys: list[str]):
-    """Normalized singular values s_i / s_1 of the log-prob matrix per head (first seed), log scale, one
-    panel per d and setting, a dashed line at d + 2 (the rank bound of a softmax head with a bias)."""
+    """Normalized singular values s_i / s_1 of the log-prob matrix per head (first seed), one panel per d and
+    setting, a dashed line at d + 2 (the rank bound of a softmax head with a bias). Both axes are logarithmic,
+    so the first d values (where the heads are compared below the bound) get half the width, not 3%."""
     panels = [(label, [g for g in members if _singular_values(g["runs"][0])]) for label, members in _settings(groups, keys)]
     panels = [(label, members) for label, members in panels if members]
     if not panels:
@@ -1234,9 +1235,10 @@ def figure_spectra(groups: list[dict], keys: list[str]):
             ax.annotate(f"d + 2 = {d + 2}", xy=(d + 2, 0.45), xycoords=("data", "axes fraction"), xytext=(6, 0),
                         textcoords="offset points", fontsize=8, color="dimgray", ha="left", va="center",
                         bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.0})
+        ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_ylim(max(floor, 1e-18) / 3, 3)
-        ax.set_xlabel("index i of the singular value")
+        ax.set_xlabel("index i of the singular value, log scale")
         ax.set_ylabel("s_i / s_1, log scale")
         if label:
             ax.set_title(label, fontsize=9)

@@ -350,10 +350,11 @@ def test_study_plots_have_the_expected_series(study, tmp_path):
     bound = next(line for line in ax.get_lines() if line.get_label() == "softmax bound d + 2")
     assert list(bound.get_xdata()) == [16, 32, 64] and list(bound.get_ydata()) == [18, 34, 66]
 
-    # spectra: one panel per d, the dashed line at d + 2
+    # spectra: one panel per d, log-log, the dashed line at d + 2
     spectra = made["spectrum-ptb-awd_lstm.png"].axes
     assert [a.get_title() for a in spectra] == ["d = 16", "d = 32", "d = 64"]
     for a, d in zip(spectra, (16, 32, 64)):
+        assert a.get_xscale() == a.get_yscale() == "log"
         verticals = [line for line in a.get_lines() if line.get_label() == "softmax bound d + 2"]
         assert [line.get_xdata()[0] for line in verticals] == [d + 2]
 
