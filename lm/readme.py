@@ -7,6 +7,9 @@ folder) and optionally one corpus of it::
     (replaced by the markdown table of results/study-ptb/summary.json, rows of corpus ptb)
     <!-- /table:results/study-ptb#ptb -->
 
+``FOLDER#rank-full`` names the folder's table of whole-split ranks instead (its runs with a
+``rank-full.json``; ``full_rank`` in ``summary.json``), without the summary's title and sentence.
+
 :func:`update_readme` replaces what lies between every pair with the table of that folder's
 ``summary.json`` (written by ``softmax-bench plot FOLDER``), leaving everything else as it is. Used by
 ``softmax-bench plot FOLDER --readme README.md`` and ``scripts/readme_tables.py README.md``.
@@ -20,16 +23,26 @@ from pathlib import Path
 from lm import io
 from lm.errors import UserError
 
+FULL_RANK = "rank-full"  # the fragment of a marker that names the whole-split rank table, not a corpus
+
 # A marker stands on a line of its own (so prose that quotes the syntax, e.g. in backticks, is not one).
 OPENING = re.compile(r"^<!-- table:(?P<name>[^\s>]+) -->$", re.M)
 BLOCK = re.compile(r"^<!-- table:(?P<name>[^\s>]+) -->$(?P<body>.*?)^<!-- /table:(?P=name) -->$", re.S | re.M)
 
 
 def table(name: str, base: Path) -> str:
-    """The markdown of the marker ``name`` (``FOLDER`` or ``FOLDER#CORPUS``), ``FOLDER`` relative to ``base``."""
-    from lm.summary import markdown_tables, read_summary
+    """The markdown of the marker ``name`` (``FOLDER``, ``FOLDER#CORPUS`` or ``FOLDER#rank-full``), ``FOLDER``
+    relative to ``base``."""
+    from lm.summary import full_rank_markdown, markdown_tables, read_full_rank, read_summary
 
     folder, _, dataset = name.partition("#")
+    if dataset == FULL_RANK:
+        full = read_full_rank(base / folder)
+        if full.empty:
+            raise UserError(f"table marker {name}: no run of {base / folder} has a rank-full.json (softmax-bench rank "
+                            f"RUN --output rank-full.json), or its summary.json is older than them; run softmax-bench "
+                            f"plot {base / folder} again.")
+        return full_rank_markdown(full, title=False)
     frame = read_summary(base / folder)
     if "test_ppl_ci95_low" not in frame.columns:
         raise UserError(f"{base / folder}/summary.json was written by an older version; run softmax-bench plot "

@@ -650,8 +650,9 @@ def full_rank_frame(runs: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def full_rank_markdown(frame: pd.DataFrame) -> str:
-    """The table of :func:`full_rank_frame` for ``summary.md``: its title, a sentence and the rows."""
+def full_rank_markdown(frame: pd.DataFrame, title: bool = True) -> str:
+    """The table of :func:`full_rank_frame` for ``summary.md``: its title and a sentence (unless ``title`` is
+    false, as in a README that says it in its own words), then the rows."""
     columns = [c for c in frame.columns if c != "run"]
     options = {column_name(k): key_words(k) for k in frame.attrs.get("options", [])}
     header = [FULL_RANK_WORDS.get(c) or options.get(c) or (f"rank ({c[len('rank_'):]})" if c.startswith("rank_") else c)
@@ -660,7 +661,9 @@ def full_rank_markdown(frame: pd.DataFrame) -> str:
              "Runs with a `rank-full.json` (`softmax-bench rank RUN --output rank-full.json`), the papers' protocol: "
              "the rank of the log-probability matrix over the whole split, read as one column of text with the state "
              "carried over it (columns 1), the head in float64; the main table's rank uses the rows in its rank rows "
-             "column. rows: predicted positions in the matrix; softmax bound: d + 2 (d + 1 without an output bias).", "", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+             "column. rows: predicted positions in the matrix; softmax bound: d + 2 (d + 1 without an output bias).",
+             ""] if title else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
     for _, r in frame.iterrows():
         lines.append("| " + " | ".join(_fmt(r[c], 1 if c == "effective_rank" else 0) for c in columns) + " |")
     return "\n".join(lines)
@@ -1530,7 +1533,8 @@ def write_summary(results_dir: str | Path, command: str | None = None) -> dict:
         "git_commits": commits,
         "columns": list(frame.columns),
         "rows": rows,
-        **({"full_rank": {"title": FULL_RANK_TITLE, "columns": list(full.columns), "rows": _records(full)}}
+        **({"full_rank": {"title": FULL_RANK_TITLE, "columns": list(full.columns), "options": full.attrs["options"],
+                          "rows": _records(full)}}
            if not full.empty else {}),
         "runs": runs_provenance,
         "plots": [str(p) for p in plots],
@@ -1546,6 +1550,19 @@ def read_summary_csv(path: str | Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def read_full_rank(results_dir: str | Path) -> pd.DataFrame:
+    """The whole-split rank table of a written ``summary.json`` (:func:`full_rank_frame`); empty when none of
+    its runs has a ``rank-full.json``."""
+    path = Path(results_dir) / "summary.json"
+    data = _read_json(path)
+    if not isinstance(data, dict) or "rows" not in data:
+        raise UserError(f"{path} does not exist or is not a summary; run softmax-bench plot {results_dir} first.")
+    full = data.get("full_rank") or {"columns": [], "rows": []}
+    frame = _frame(full["rows"], full["columns"])
+    frame.attrs["options"] = full.get("options", [])
+    return frame
+
+
 def read_summary(results_dir: str | Path) -> pd.DataFrame:
     """The table of a written ``summary.json`` (columns in order), without reading the runs again."""
     path = Path(results_dir) / "summary.json"
@@ -1556,7 +1573,7 @@ def read_summary(results_dir: str | Path) -> pd.DataFrame:
 
 
 __all__ = ["load_runs", "runs_frame", "summarize", "full_rank_frame", "group_runs", "describe", "welch", "markdown_tables", "figures",
-           "write_summary", "read_summary", "head_input_size", "output_embedding_size", "head_order", "head_style",
+           "write_summary", "read_summary", "read_full_rank", "head_input_size", "output_embedding_size", "head_order", "head_style",
            "figure_test_ppl_vs_d", "figure_test_perplexity", "figure_rank_vs_d", "figure_validation_against",
            "figure_validation_curves", "figure_spectra", "figure_kl_vs_d", "figure_option_sweeps",
            "figure_validation_against_setting"]

@@ -651,9 +651,24 @@ def test_rank_rows_and_the_whole_split_table(tmp_path):
         (run_dir.name, rank, 73760, 64) for run_dir, rank, _ in full]
     assert "rank-full" not in out["csv"].read_text() and out["full_rank_table"] in md
 
+    # a README marker FOLDER#rank-full gets the same rows (K named as in the summary), without its title
+    from lm.readme import update_readme
+
+    readme = tmp_path.parent / "README.md"
+    readme.write_text(f"Intro.\n\n<!-- table:{tmp_path.name}#rank-full -->\n<!-- /table:{tmp_path.name}#rank-full -->\n")
+    update_readme(readme)
+    block = [line for line in readme.read_text().splitlines() if line.startswith("|")]
+    assert block == lines and "Rank of the whole split" not in readme.read_text()
+
 
 def test_no_whole_split_rank_no_extra_table(tmp_path):
+    from lm.readme import update_readme
+
     study_run(tmp_path, "softmax", 16, None, 1, 300.0)
     out = write_summary(tmp_path)
     assert "whole split" not in out["markdown"].read_text() and out["full_rank"].empty
     assert "full_rank" not in json.loads(out["json"].read_text()) and out["full_rank_table"] == ""
+    readme = tmp_path.parent / "README.md"
+    readme.write_text(f"<!-- table:{tmp_path.name}#rank-full -->\n<!-- /table:{tmp_path.name}#rank-full -->\n")
+    with pytest.raises(UserError, match="no run of .* has a rank-full.json"):
+        update_readme(readme)
