@@ -1550,26 +1550,27 @@ def read_summary_csv(path: str | Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def read_full_rank(results_dir: str | Path) -> pd.DataFrame:
-    """The whole-split rank table of a written ``summary.json`` (:func:`full_rank_frame`); empty when none of
-    its runs has a ``rank-full.json``."""
+def _written_summary(results_dir: str | Path) -> dict:
     path = Path(results_dir) / "summary.json"
     data = _read_json(path)
     if not isinstance(data, dict) or "rows" not in data:
         raise UserError(f"{path} does not exist or is not a summary; run softmax-bench plot {results_dir} first.")
-    full = data.get("full_rank") or {"columns": [], "rows": []}
-    frame = _frame(full["rows"], full["columns"])
-    frame.attrs["options"] = full.get("options", [])
-    return frame
+    return data
 
 
 def read_summary(results_dir: str | Path) -> pd.DataFrame:
     """The table of a written ``summary.json`` (columns in order), without reading the runs again."""
-    path = Path(results_dir) / "summary.json"
-    data = _read_json(path)
-    if not isinstance(data, dict) or "rows" not in data:
-        raise UserError(f"{path} does not exist or is not a summary; run softmax-bench plot {results_dir} first.")
+    data = _written_summary(results_dir)
     return _frame(data["rows"], data.get("columns") or list(data["rows"][0] if data["rows"] else []))
+
+
+def read_full_rank(results_dir: str | Path) -> pd.DataFrame:
+    """The whole-split rank table of a written ``summary.json`` (:func:`full_rank_frame`); empty when none of
+    its runs has a ``rank-full.json``."""
+    full = _written_summary(results_dir).get("full_rank") or {"columns": [], "rows": []}
+    frame = _frame(full["rows"], full["columns"])
+    frame.attrs["options"] = full.get("options", [])
+    return frame
 
 
 __all__ = ["load_runs", "runs_frame", "summarize", "full_rank_frame", "group_runs", "describe", "welch", "markdown_tables", "figures",
