@@ -8,7 +8,9 @@ folder) and optionally one corpus of it::
     <!-- /table:results/study-ptb#ptb -->
 
 ``FOLDER#rank-full`` names the folder's table of whole-split ranks instead (its runs with a
-``rank-full.json``; ``full_rank`` in ``summary.json``), without the summary's title and sentence.
+``rank-full.json``; ``full_rank`` in ``summary.json``), and ``FOLDER#matched-compute`` (or
+``FOLDER#CORPUS/matched-compute``) its table of where each head stands at softmax's training seconds, both
+without the summary's title and sentence.
 
 :func:`update_readme` replaces what lies between every pair with the table of that folder's
 ``summary.json`` (written by ``softmax-bench plot FOLDER``), leaving everything else as it is. Used by
@@ -24,6 +26,7 @@ from lm import io
 from lm.errors import UserError
 
 FULL_RANK = "rank-full"  # the fragment of a marker that names the whole-split rank table, not a corpus
+MATCHED_COMPUTE = "matched-compute"  # the fragment (alone or after CORPUS/) that names the matched-compute table
 
 # A marker stands on a line of its own (so prose that quotes the syntax, e.g. in backticks, is not one).
 OPENING = re.compile(r"^<!-- table:(?P<name>[^\s>]+) -->$", re.M)
@@ -31,11 +34,14 @@ BLOCK = re.compile(r"^<!-- table:(?P<name>[^\s>]+) -->$(?P<body>.*?)^<!-- /table
 
 
 def table(name: str, base: Path) -> str:
-    """The markdown of the marker ``name`` (``FOLDER``, ``FOLDER#CORPUS`` or ``FOLDER#rank-full``), ``FOLDER``
-    relative to ``base``."""
-    from lm.summary import full_rank_markdown, markdown_tables, read_full_rank, read_summary
+    """The markdown of the marker ``name`` (``FOLDER``, ``FOLDER#CORPUS``, ``FOLDER#rank-full``,
+    ``FOLDER#matched-compute`` or ``FOLDER#CORPUS/matched-compute``), ``FOLDER`` relative to ``base``."""
+    from lm.summary import full_rank_markdown, markdown_tables, matched_compute_markdown, read_full_rank, read_summary
 
     folder, _, dataset = name.partition("#")
+    kind = ""
+    if dataset == MATCHED_COMPUTE or dataset.endswith("/" + MATCHED_COMPUTE):
+        dataset, kind = dataset[:-len(MATCHED_COMPUTE)].rstrip("/"), MATCHED_COMPUTE
     if dataset == FULL_RANK:
         full = read_full_rank(base / folder)
         if full.empty:
@@ -52,6 +58,13 @@ def table(name: str, base: Path) -> str:
         frame = frame[frame["dataset"] == dataset]
         if frame.empty:
             raise UserError(f"table marker {name}: {base / folder} has no runs on corpus {dataset}; it has: {', '.join(choices)}.")
+    if kind == MATCHED_COMPUTE:
+        matched = matched_compute_markdown(frame, title=False)
+        if not matched:
+            raise UserError(f"table marker {name}: no run of {base / folder} has validation curves beside a softmax run "
+                            f"at the same setting (or its summary.json is older than the matched-compute columns; run "
+                            f"softmax-bench plot {base / folder} again).")
+        return matched
     blocks = len({(d, b) for d, b in zip(frame["dataset"], frame["body"])})
     return markdown_tables(frame, headings=blocks > 1)
 

@@ -16,6 +16,10 @@ number of rows it used; runs that also have ``rank-full.json`` (``softmax-bench 
 rank-full.json``: the papers' protocol on the whole split) get a table of their own (:func:`full_rank_frame`,
 ``full_rank`` in ``summary.json``; ``summary.csv`` holds the main table only).
 
+Matched compute (:func:`matched_compute`, columns of the main table, shown in a table of their own): from
+the validation curves against training seconds, each head's validation perplexity at the seconds the softmax
+head beside it took for its whole budget, and the seconds it needs to reach softmax's final perplexity.
+
 d is the width of the head's output embedding (the d of the softmax rank bound ``rank <= d + 2``):
 ``output_embedding_size`` of ``result.json``, or for older run files ``head_input_size`` (the size of
 the hidden vector the head receives) or the size derived from the config.
@@ -439,6 +443,36 @@ def last_fifth_drop(run: dict) -> float | None:
     return (curve[before[-1]] - curve[steps[-1]]) / curve[before[-1]] if before else None
 
 
+MATCHED_COMPUTE = ("softmax_train_time_s", "softmax_final_valid_ppl", "valid_ppl_at_softmax_time",
+                   "time_to_softmax_valid_ppl_s", "seeds_reaching_softmax_valid_ppl")
+
+
+def _training_curve(run: dict) -> list[tuple[float, float]]:
+    """(training seconds, validation perplexity) at each evaluation of a run's training stage."""
+    return [(x, y) for x, y, stage in _curve(run, "time") if stage == 0]
+
+
+def matched_compute(runs: list[dict], reference: list[dict]) -> dict[str, Any]:
+    """Where a group of runs stands at softmax's compute (issue 11's matched-compute question, as numbers),
+    from the validation curves against training seconds: softmax's seconds for its whole budget and its final
+    validation perplexity (means over the ``reference`` seeds); the group's validation perplexity at its last
+    evaluation within those seconds (mean over seeds; None if a seed had none by then); the training seconds
+    of its first evaluation at or below softmax's final perplexity (mean over seeds; None unless every seed
+    got there) and how many seeds got there. Empty when a run has no curve."""
+    reference_curves = [_training_curve(run) for run in reference]
+    curves = [_training_curve(run) for run in runs]
+    if not reference_curves or not curves or not all(reference_curves) or not all(curves):
+        return {}
+    budget = statistics.fmean(curve[-1][0] for curve in reference_curves)
+    target = statistics.fmean(curve[-1][1] for curve in reference_curves)
+    within = [[ppl for seconds, ppl in curve if seconds <= budget] for curve in curves]
+    reached = [next((seconds for seconds, ppl in curve if ppl <= target), None) for curve in curves]
+    return {"softmax_train_time_s": budget, "softmax_final_valid_ppl": target,
+            "valid_ppl_at_softmax_time": statistics.fmean(w[-1] for w in within) if all(within) else None,
+            "time_to_softmax_valid_ppl_s": statistics.fmean(reached) if None not in reached else None,
+            "seeds_reaching_softmax_valid_ppl": sum(seconds is not None for seconds in reached)}
+
+
 def summarize(runs: list[dict]) -> pd.DataFrame:
     """The summary table: one row per group (corpus, body, head, d, varying keys) with the statistics over
     its seeds and the comparison with softmax. ``frame.attrs["varying_keys"]`` lists the dotted keys
@@ -459,7 +493,7 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
     columns += [f"rank_{name}" for name in tolerances] + (["effective_rank", "rank_rows"] if tolerances else [])
     if any_sparse:
         columns += ["test_zero_target_fraction", "test_zero_fraction", "test_smoothing"]
-    columns += ["last_fifth_drop"] if any_curve else []
+    columns += ["last_fifth_drop", *MATCHED_COMPUTE] if any_curve else []
     columns += ["training_tokens", "steps", "tokens_per_second", "wall_time_s", "git_commits", "git_dirty", "runs"]
 
     def values_of(group: dict, metric: str) -> list:
@@ -504,6 +538,8 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
             row["test_smoothing"] = results[0].get("test_smoothing")
         if any_curve:
             row["last_fifth_drop"] = describe([drops[id(run)] for run in group["runs"]])["mean"]
+            if reference:  # softmax's own row and heads without a softmax beside them: none
+                row.update(matched_compute(group["runs"], reference["runs"]))
         for name in ("training_tokens", "steps"):
             row[name] = _typical([r.get(name) for r in results])
         row["tokens_per_second"] = describe([r.get("tokens_per_second") for r in results])["mean"]
@@ -623,6 +659,48 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+MATCHED_COMPUTE_TITLE = "At softmax's compute (validation subset against training seconds)"
+
+
+def matched_compute_markdown(frame: pd.DataFrame, title: bool = True) -> str:
+    """One table per (corpus, body) of the matched-compute columns of a summary (:func:`matched_compute`):
+    every head beside a softmax head with validation curves, softmax's own numbers in each row; its title
+    and a sentence unless ``title`` is false (a README says it in its own words). "" without such rows."""
+    if "valid_ppl_at_softmax_time" not in frame.columns:
+        return ""
+    shown = frame[frame["softmax_train_time_s"].notna()]
+    columns = list(frame.columns)
+    all_size_columns = columns[columns.index("head") + 1: columns.index("d")]
+    blocks = []
+    for (dataset, body) in dict.fromkeys(zip(shown["dataset"], shown["body"])):
+        part = shown[(shown["dataset"] == dataset) & (shown["body"] == body)]
+        size_columns = [c for c in all_size_columns if len({_fmt(v) for v in part[c]}) > 1]
+        header = ["head", *size_columns, "d", "seeds", "softmax: training s", "softmax: final valid ppl",
+                  "valid ppl at softmax's seconds", "training s to softmax's final valid ppl", "× softmax's seconds"]
+        lines = ([f"### {dataset} ({body})", ""] if len(set(zip(shown["dataset"], shown["body"]))) > 1 else []) + [
+            "| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+        for _, r in part.iterrows():
+            seconds, n = r["time_to_softmax_valid_ppl_s"], int(r["n_seeds"])
+            reached = (f"{seconds:,.0f}" if not _missing(seconds) else
+                       f"not reached ({r['seeds_reaching_softmax_valid_ppl']} of {n} seeds)")
+            cells = [str(r["head"]), *["-" if _missing(r[c]) else value_words(r[c]) for c in size_columns], _fmt(r["d"]),
+                     str(n), f"{r['softmax_train_time_s']:,.0f}", _fmt(r["softmax_final_valid_ppl"]),
+                     _fmt(r["valid_ppl_at_softmax_time"]), reached,
+                     "-" if _missing(seconds) else f"{seconds / r['softmax_train_time_s']:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    if not blocks:
+        return ""
+    intro = [f"## {MATCHED_COMPUTE_TITLE}", "",
+             "Each head against the softmax head at the same setting, on the validation-subset evaluations logged "
+             "during training (`valid_subset` in metrics.jsonl): softmax's training seconds for its whole budget and "
+             "its final validation perplexity (means over its seeds); the head's validation perplexity at its last "
+             "evaluation within those seconds, and the training seconds of its first evaluation at or below softmax's "
+             "final perplexity (means over the head's seeds; not reached: some seed never got there). Seconds are "
+             "the runs' own training time on the machine that trained them.", ""] if title else []
+    return "\n".join([*intro, "\n\n".join(blocks)])
 
 
 FULL_RANK_TITLE = "Rank of the whole split (state carried, float64 head)"
@@ -1475,6 +1553,7 @@ def write_summary(results_dir: str | Path, command: str | None = None) -> dict:
     tables = markdown_tables(frame)
     full = full_rank_frame(runs)
     full_table = full_rank_markdown(full) if not full.empty else ""
+    matched = matched_compute_markdown(frame)
     commit_text = ", ".join(f"`{c[:12]}` ({e['runs']} run{'' if e['runs'] == 1 else 's'}"
                             f"{', ' + str(e['dirty_runs']) + ' from a dirty tree' if e['dirty_runs'] else ''})"
                             for c, e in commits.items())
@@ -1505,6 +1584,7 @@ def write_summary(results_dir: str | Path, command: str | None = None) -> dict:
         "",
         tables,
         "",
+        *([matched, ""] if matched else []),
         *([full_table, ""] if full_table else []),
         "## Plots",
         "",
@@ -1573,7 +1653,7 @@ def read_full_rank(results_dir: str | Path) -> pd.DataFrame:
     return frame
 
 
-__all__ = ["load_runs", "runs_frame", "summarize", "full_rank_frame", "group_runs", "describe", "welch", "markdown_tables", "figures",
+__all__ = ["load_runs", "runs_frame", "summarize", "matched_compute", "matched_compute_markdown", "full_rank_frame", "group_runs", "describe", "welch", "markdown_tables", "figures",
            "write_summary", "read_summary", "read_full_rank", "head_input_size", "output_embedding_size", "head_order", "head_style",
            "figure_test_ppl_vs_d", "figure_test_perplexity", "figure_rank_vs_d", "figure_validation_against",
            "figure_validation_curves", "figure_spectra", "figure_kl_vs_d", "figure_option_sweeps",

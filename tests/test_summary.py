@@ -672,3 +672,61 @@ def test_no_whole_split_rank_no_extra_table(tmp_path):
     readme.write_text(f"<!-- table:{tmp_path.name}#rank-full -->\n<!-- /table:{tmp_path.name}#rank-full -->\n")
     with pytest.raises(UserError, match="no run of .* has a rank-full.json"):
         update_readme(readme)
+
+
+def test_where_each_head_stands_at_softmax_seconds(tmp_path):
+    """The matched-compute columns against hand-computed values. The fixture's validation curve is
+    t (1 + 100 / step) at steps 100..600, at 0.1 s a step times 1 (softmax), 3 (MoS), 1.5 (r-softmax).
+    Softmax seeds t = 300 and 330 end at 350 and 385 after 60 s: target (350 + 385) / 2 = 367.5. MoS t = 250
+    reaches it at step 300 (333.3, 90 s), t = 290 at step 400 (362.5, 120 s): 105 s, 1.75x softmax's 60 s;
+    within 60 s their last evaluations are step 200: 375 and 435, mean 405. r-softmax (t = 400, at best 466.7)
+    never gets there; at 60 s it is at step 400: 500."""
+    from lm.readme import update_readme
+    from lm.summary import matched_compute_markdown
+
+    for head, values in (("softmax", (300.0, 330.0)), ("mos", (250.0, 290.0)), ("r_softmax", (400.0,))):
+        for seed, value in enumerate(values, 1):
+            study_run(tmp_path, head, 16, None, seed, value)
+    out = write_summary(tmp_path)
+    rows = {r["head"]: r for _, r in out["frame"].iterrows()}
+    assert pd.isna(rows["softmax"]["softmax_train_time_s"])  # softmax is the reference, not compared with itself
+    mos, sparse = rows["mos"], rows["r_softmax"]
+    assert (mos["softmax_train_time_s"], sparse["softmax_train_time_s"]) == (pytest.approx(60.0), pytest.approx(60.0))
+    assert mos["softmax_final_valid_ppl"] == pytest.approx(367.5)
+    assert mos["valid_ppl_at_softmax_time"] == pytest.approx(405.0)
+    assert mos["time_to_softmax_valid_ppl_s"] == pytest.approx(105.0) and mos["seeds_reaching_softmax_valid_ppl"] == 2
+    assert sparse["valid_ppl_at_softmax_time"] == pytest.approx(500.0)
+    assert pd.isna(sparse["time_to_softmax_valid_ppl_s"]) and sparse["seeds_reaching_softmax_valid_ppl"] == 0
+
+    table = matched_compute_markdown(out["frame"], title=False).splitlines()
+    assert table[0] == ("| head | lr | d | seeds | softmax: training s | softmax: final valid ppl | valid ppl at softmax's "
+                        "seconds | training s to softmax's final valid ppl | × softmax's seconds |")
+    assert table[2:] == ["| mos | 20 | 16 | 2 | 60 | 367.50 | 405.00 | 105 | 1.75 |",  # the fixture's rates differ
+                         "| r_softmax | 5 | 16 | 1 | 60 | 367.50 | 500.00 | not reached (0 of 1 seeds) | - |"]
+    assert "## At softmax's compute" in out["markdown"].read_text()
+    written = {r["head"]: r for r in json.loads(out["json"].read_text())["rows"]}
+    assert written["mos"]["time_to_softmax_valid_ppl_s"] == pytest.approx(105.0)
+
+    # README markers: FOLDER#matched-compute and FOLDER#CORPUS/matched-compute give these rows without the title
+    readme = tmp_path.parent / "README.md"
+    for fragment in ("matched-compute", "ptb/matched-compute"):
+        name = f"{tmp_path.name}#{fragment}"
+        readme.write_text(f"<!-- table:{name} -->\n<!-- /table:{name} -->\n")
+        update_readme(readme)
+        assert [line for line in readme.read_text().splitlines() if line.startswith("|")] == table
+    readme.write_text(f"<!-- table:{tmp_path.name}#wikitext-2/matched-compute -->\n"
+                      f"<!-- /table:{tmp_path.name}#wikitext-2/matched-compute -->\n")
+    with pytest.raises(UserError, match="has no runs on corpus wikitext-2"):
+        update_readme(readme)
+
+
+def test_no_softmax_beside_a_head_no_matched_compute_table(tmp_path):
+    from lm.readme import update_readme
+
+    study_run(tmp_path, "mos", 16, None, 1, 300.0)
+    out = write_summary(tmp_path)
+    assert "At softmax's compute" not in out["markdown"].read_text()
+    readme = tmp_path.parent / "README.md"
+    readme.write_text(f"<!-- table:{tmp_path.name}#matched-compute -->\n<!-- /table:{tmp_path.name}#matched-compute -->\n")
+    with pytest.raises(UserError, match="no run of .* has validation curves beside a softmax run"):
+        update_readme(readme)
