@@ -283,32 +283,37 @@ def test_shipped_suites_load_and_expand():
 
 
 def study_cells() -> dict[tuple, object]:
-    """The cells of the shipped study suite by (corpus, head, d, seed, K or r)."""
+    """The cells of the shipped study suite by (corpus, head, d, seed, K or r, learning rate)."""
     cells = {}
     for cell in expand(load_suite(ROOT / "configs" / "suites" / "study.yaml")):
         config = to_dict(cell.config)
         option = config["head"].get("n_components") if cell.config.head.name in ("mos", "moss") else config["head"].get("r")
-        cells[(config["data"]["name"], cell.config.head.name, cell.config.model.d_embedding, cell.config.train.seed, option)] = cell
+        key = (config["data"]["name"], cell.config.head.name, cell.config.model.d_embedding, cell.config.train.seed, option,
+               cell.config.train.lr)
+        assert key not in cells, key
+        cells[key] = cell
     return cells
 
 
 def test_the_study_suite_expands_to_the_intended_cells():
     """Issue 11's grid: softmax, sigsoftmax, MoS (K = 5) at d 16 / 32 / 64 x 3 seeds on PTB, the K sweep and
-    r sweep at d = 32, WikiText-2 at d = 32; one budget and schedule per corpus; the corpus by name only."""
+    r sweep at d = 32, WikiText-2 at d = 32; one budget and schedule per corpus; the corpus by name only.
+    Rate 20 for every head but the K = 1 control (10, its sweep's best) and K = 2 (10: unstable at 20)."""
     cells = study_cells()
     ptb = {key for key in cells if key[0] == "ptb"}
-    grid = {("ptb", head, d, seed, 5 if head == "mos" else None) for head in ("softmax", "sigsoftmax", "mos")
+    grid = {("ptb", head, d, seed, 5 if head == "mos" else None, 20.0) for head in ("softmax", "sigsoftmax", "mos")
             for d in (16, 32, 64) for seed in (1, 2, 3)}
     assert grid <= ptb
-    assert {("ptb", "moc", d, seed, None) for d in (16, 32, 64) for seed in (1, 2, 3)} <= ptb
-    assert {("ptb", "moss", 32, seed, 5) for seed in (1, 2, 3)} <= ptb
-    control = {("ptb", "mos", d, seed, 1) for d in (16, 32, 64) for seed in (1, 2, 3)} | {("wikitext-2", "mos", 32, 1, 1)}
-    assert control <= set(cells) and all(cells[key].config.train.lr == 10.0 for key in control)
-    assert all(cell.config.train.lr == 20.0 for key, cell in cells.items() if key not in control)
-    assert {("ptb", "mos", 32, 1, k) for k in (2, 10)} <= ptb
-    assert {("ptb", "r_softmax", 32, 1, r) for r in (0.01, 0.1, 0.5)} <= ptb
-    assert {("wikitext-2", head, 32, 1, 5 if head == "mos" else None) for head in ("softmax", "sigsoftmax", "mos", "moc")} <= set(cells)
-    for (corpus, head, d, seed, option), cell in cells.items():
+    assert {("ptb", "moc", d, seed, None, 20.0) for d in (16, 32, 64) for seed in (1, 2, 3)} <= ptb
+    assert {("ptb", "moss", 32, seed, 5, 20.0) for seed in (1, 2, 3)} <= ptb
+    control = {("ptb", "mos", d, seed, 1, 10.0) for d in (16, 32, 64) for seed in (1, 2, 3)} | {("wikitext-2", "mos", 32, 1, 1, 10.0)}
+    assert control <= set(cells)
+    assert {("ptb", "mos", 32, 1, 10, 20.0), ("ptb", "mos", 32, 1, 2, 10.0)} <= ptb
+    assert {key for key in cells if key[-1] != 20.0} == control | {("ptb", "mos", 32, 1, 2, 10.0)}
+    assert {("ptb", "r_softmax", 32, 1, r, 20.0) for r in (0.01, 0.1, 0.5)} <= ptb
+    assert {("wikitext-2", head, 32, 1, 5 if head == "mos" else None, 20.0)
+            for head in ("softmax", "sigsoftmax", "mos", "moc")} <= set(cells)
+    for (corpus, head, d, seed, option, lr), cell in cells.items():
         t = cell.config.train
         assert (t.lr_schedule, t.averaged_sgd, t.eval_every, t.optimizer) == ("cosine", False, 266, "sgd")
         assert cell.config.data.path is None and cell.config.data.name == corpus
