@@ -239,17 +239,14 @@ def _setting(run: dict, key: str) -> Any:
 
 
 def varying_keys(runs: list[dict]) -> list[str]:
-    """Config keys (other than seed, head, body, corpus, output) whose value differs between runs; a head
-    option counts only among the heads that take it."""
+    """Config keys (other than seed, head, body, corpus, output) whose value differs between the runs that
+    have them; a head option counts only among the heads that take it. A key missing from some runs (a
+    setting added to the config after those runs, at its default) does not vary by that alone."""
     keys: dict[str, set] = {}
     for run in runs:
         for key, value in run["config"].items():
             if head_takes(run["result"].get("head"), key):
                 keys.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
-    for run in runs:  # a key missing from some runs varies too
-        for key in keys:
-            if key not in run["config"] and head_takes(run["result"].get("head"), key):
-                keys[key].add("missing")
     return [k for k, values in keys.items() if len(values) > 1 and k not in IDENTITY_KEYS]
 
 
