@@ -449,15 +449,14 @@ def _training_curve(run: dict) -> list[tuple[float, float]]:
     return [(x, y) for x, y, stage in _curve(run, "time") if stage == 0]
 
 
-def matched_compute(runs: list[dict], reference: list[dict]) -> dict[str, Any]:
+def matched_compute(curves: list[list[tuple[float, float]]], reference_curves: list[list[tuple[float, float]]]) -> dict[str, Any]:
     """Where a group of runs stands at softmax's compute (issue 11's matched-compute question, as numbers),
-    from the validation curves against training seconds: softmax's seconds for its whole budget and its final
-    validation perplexity (means over the ``reference`` seeds); the group's validation perplexity at its last
-    evaluation within those seconds (mean over seeds; None if a seed had none by then); the training seconds
-    of its first evaluation at or below softmax's final perplexity (mean over seeds; None unless every seed
-    got there) and how many seeds got there. Empty when a run has no curve."""
-    reference_curves = [_training_curve(run) for run in reference]
-    curves = [_training_curve(run) for run in runs]
+    from their validation curves against training seconds (:func:`_training_curve`, one per seed): softmax's
+    seconds for its whole budget and its final validation perplexity (means over the ``reference_curves``);
+    the group's validation perplexity at its last evaluation within those seconds (mean over seeds; None if a
+    seed had none by then); the training seconds of its first evaluation at or below softmax's final
+    perplexity (mean over seeds; None unless every seed got there) and how many seeds got there. Empty when
+    a run has no curve."""
     if not reference_curves or not curves or not all(reference_curves) or not all(curves):
         return {}
     budget = statistics.fmean(curve[-1][0] for curve in reference_curves)
@@ -479,6 +478,7 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
     any_kl = any(_kl_value(run["kl"]) is not None for run in runs)
     any_sparse = any("test_zero_target_fraction" in run["result"] for run in runs)
     drops = {id(run): last_fifth_drop(run) for run in runs}  # the plateau check, once per run
+    curves = {id(run): _training_curve(run) for run in runs}  # matched compute's curves, once per run
     any_curve = any(drop is not None for drop in drops.values())
     metrics = ["val_ppl", "test_ppl"] + (["kl"] if any_kl else [])
     compared = ["test_ppl"] + (["kl"] if any_kl else [])
@@ -536,7 +536,8 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
         if any_curve:
             row["last_fifth_drop"] = describe([drops[id(run)] for run in group["runs"]])["mean"]
             if reference:  # softmax's own row and heads without a softmax beside them: none
-                row.update(matched_compute(group["runs"], reference["runs"]))
+                row.update(matched_compute([curves[id(run)] for run in group["runs"]],
+                                           [curves[id(run)] for run in reference["runs"]]))
         for name in ("training_tokens", "steps"):
             row[name] = _typical([r.get(name) for r in results])
         row["tokens_per_second"] = describe([r.get("tokens_per_second") for r in results])["mean"]
@@ -607,10 +608,31 @@ def _kl_digits(frame: pd.DataFrame) -> int:
     return max(3, min(6, 2 - math.floor(math.log10(smallest)))) if smallest > 0 else 3
 
 
+def _table_lines(header: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
+    """A markdown table: the header, its separator (the first ``left`` columns left-aligned, the others
+    right-aligned) and the rows."""
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < left else "---:" for i in range(len(header))) + "|",
+            *("| " + " | ".join(cells) + " |" for cells in rows)]
+
+
+def _blocks(frame: pd.DataFrame):
+    """The (corpus, body) blocks of a summary table, in table order: yields the corpus, the body, the block's
+    rows, the size columns constant in the block and those that vary in it."""
+    columns = list(frame.columns)
+    size_columns = columns[columns.index("head") + 1: columns.index("d")]
+    for (dataset, body) in dict.fromkeys(zip(frame["dataset"], frame["body"])):
+        part = frame[(frame["dataset"] == dataset) & (frame["body"] == body)]
+        same = [c for c in size_columns if len({_fmt(v) for v in part[c]}) == 1]
+        yield dataset, body, part, same, [c for c in size_columns if c not in same]
+
+
+def _size_cells(row: pd.Series, size_columns: list[str]) -> list[str]:
+    return ["-" if _missing(row[c]) else value_words(row[c]) for c in size_columns]
+
+
 def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
     """One markdown table per (corpus, body) of a summary table, the way ``summary.md`` shows them."""
     columns = list(frame.columns)
-    all_size_columns = columns[columns.index("head") + 1: columns.index("d")]
     tolerances = [c for c in columns if c.startswith("rank_") and c != "rank_rows"]
     rank_rows = "rank_rows" in columns  # summaries written before the column have no rank rows
     kl = "kl_mean" in columns
@@ -618,10 +640,7 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
     zeros = "test_zero_fraction" in columns  # summaries written before the column have only the targets' share
     curve = "last_fifth_drop" in columns
     blocks = []
-    for (dataset, body) in dict.fromkeys(zip(frame["dataset"], frame["body"])):
-        part = frame[(frame["dataset"] == dataset) & (frame["body"] == body)]
-        same = [c for c in all_size_columns if len({_fmt(v) for v in part[c]}) == 1]  # constant in this block
-        size_columns = [c for c in all_size_columns if c not in same]
+    for dataset, body, part, same, size_columns in _blocks(frame):
         header = ["head", *size_columns, "d", "parameters", "valid ppl", "test ppl", "seeds", "test ppl 95% CI",
                   "test ppl vs softmax"]
         header += [f"rank ({c[len('rank_'):]})" for c in tolerances] + (["effective rank"] if tolerances else [])
@@ -634,11 +653,10 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
         header += ["tokens/s", "wall time (s)"]
         common = "Every row: " + ", ".join(f"{c} {'-' if _missing(part[c].iloc[0]) else value_words(part[c].iloc[0])}"
                                            for c in same) + "." if same else ""
-        lines = ([f"### {dataset} ({body})", "", *([common, ""] if common else [])] if headings else []) + [
-            "| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
         digits = _kl_digits(part)
+        rows = []
         for _, r in part.iterrows():
-            cells = [str(r["head"]), *["-" if _missing(r[c]) else value_words(r[c]) for c in size_columns], _fmt(r["d"]), _fmt(r["n_params"]),
+            cells = [str(r["head"]), *_size_cells(r, size_columns), _fmt(r["d"]), _fmt(r["n_params"]),
                      _spread(r["val_ppl_mean"], r["val_ppl_std"]), _spread(r["test_ppl_mean"], r["test_ppl_std"]),
                      str(r["n_seeds"]), _interval(r["test_ppl_ci95_low"], r["test_ppl_ci95_high"]),
                      _versus(r["test_ppl_diff_vs_softmax"], r["test_ppl_welch_p"])]
@@ -653,8 +671,9 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
                 if shown:
                     cells.append("-" if _missing(r[name]) else f"{r[name]:.2%}")
             cells += [_fmt(r["tokens_per_second"], 0), _fmt(r["wall_time_s"], 1)]
-            lines.append("| " + " | ".join(cells) + " |")
-        blocks.append("\n".join(lines))
+            rows.append(cells)
+        lines = [f"### {dataset} ({body})", "", *([common, ""] if common else [])] if headings else []
+        blocks.append("\n".join(lines + _table_lines(header, rows)))
     return "\n\n".join(blocks)
 
 
@@ -668,26 +687,21 @@ def matched_compute_markdown(frame: pd.DataFrame, title: bool = True) -> str:
     if "valid_ppl_at_softmax_time" not in frame.columns:
         return ""
     shown = frame[frame["softmax_train_time_s"].notna()]
-    columns = list(frame.columns)
-    all_size_columns = columns[columns.index("head") + 1: columns.index("d")]
     blocks = []
-    for (dataset, body) in dict.fromkeys(zip(shown["dataset"], shown["body"])):
-        part = shown[(shown["dataset"] == dataset) & (shown["body"] == body)]
-        size_columns = [c for c in all_size_columns if len({_fmt(v) for v in part[c]}) > 1]
+    for dataset, body, part, _, size_columns in _blocks(shown):
         header = ["head", *size_columns, "d", "seeds", "softmax: training s", "softmax: final valid ppl",
                   "valid ppl at softmax's seconds", "training s to softmax's final valid ppl", "× softmax's seconds"]
-        lines = ([f"### {dataset} ({body})", ""] if len(set(zip(shown["dataset"], shown["body"]))) > 1 else []) + [
-            "| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+        rows = []
         for _, r in part.iterrows():
             seconds, n = r["time_to_softmax_valid_ppl_s"], int(r["n_seeds"])
             reached = (f"{seconds:,.0f}" if not _missing(seconds) else
                        f"not reached ({r['seeds_reaching_softmax_valid_ppl']} of {n} seeds)")
-            cells = [str(r["head"]), *["-" if _missing(r[c]) else value_words(r[c]) for c in size_columns], _fmt(r["d"]),
-                     str(n), f"{r['softmax_train_time_s']:,.0f}", _fmt(r["softmax_final_valid_ppl"]),
-                     _fmt(r["valid_ppl_at_softmax_time"]), reached,
-                     "-" if _missing(seconds) else f"{seconds / r['softmax_train_time_s']:.2f}"]
-            lines.append("| " + " | ".join(cells) + " |")
-        blocks.append("\n".join(lines))
+            rows.append([str(r["head"]), *_size_cells(r, size_columns), _fmt(r["d"]), str(n),
+                         f"{r['softmax_train_time_s']:,.0f}", _fmt(r["softmax_final_valid_ppl"]),
+                         _fmt(r["valid_ppl_at_softmax_time"]), reached,
+                         "-" if _missing(seconds) else f"{seconds / r['softmax_train_time_s']:.2f}"])
+        lines = [f"### {dataset} ({body})", ""] if len(set(zip(shown["dataset"], shown["body"]))) > 1 else []
+        blocks.append("\n".join(lines + _table_lines(header, rows)))
     if not blocks:
         return ""
     intro = [f"## {MATCHED_COMPUTE_TITLE}", "",
@@ -738,10 +752,8 @@ def full_rank_markdown(frame: pd.DataFrame, title: bool = True) -> str:
              "carried over it (columns 1), the head in float64; the main table's rank uses the rows in its rank rows "
              "column. rows: predicted positions in the matrix; softmax bound: d + 2 (d + 1 without an output bias).",
              ""] if title else []
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
-    for _, r in frame.iterrows():
-        lines.append("| " + " | ".join(_fmt(r[c], 1 if c == "effective_rank" else 0) for c in columns) + " |")
-    return "\n".join(lines)
+    rows = [[_fmt(r[c], 1 if c == "effective_rank" else 0) for c in columns] for _, r in frame.iterrows()]
+    return "\n".join(lines + _table_lines(header, rows, left=3))
 
 
 # --- words for plots ----------------------------------------------------------------------------------
