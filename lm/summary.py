@@ -946,13 +946,14 @@ def _split_sparse(panels: list[tuple[str, list[dict]]]) -> list[tuple[str, list[
 # --- figures ------------------------------------------------------------------------------------------
 
 
-def _figure(n_panels: int, width: float = 4.6, height: float = 3.6):
+def _figure(n_panels: int, width: float = 4.6, height: float = 3.6, columns: int = 3):
+    """A grid of ``n_panels`` axes, at most ``columns`` to a row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = min(n_panels, 3)
+    columns = min(n_panels, columns)
     rows = math.ceil(n_panels / columns)
     width = max(width, 6.4 / columns)  # room for the title and the legend below one panel
     with plt.rc_context({"font.size": 9}):
@@ -1401,14 +1402,16 @@ def figure_option_sweeps(groups: list[dict], keys: list[str]):
     name = _rank_name(runs)
     with_rank = name is not None and any(_rank_value(run, name) is not None for _, _, _, members in sweeps
                                          for g in members for run in g["runs"])
-    fig, axes = _figure(len(sweeps) * (2 if with_rank else 1))
+    per_sweep = 2 if with_rank else 1
+    fig, axes = _figure(len(sweeps) * per_sweep, columns=per_sweep if with_rank else 3)  # with rank: one sweep a row
     match = comparison_keys(groups, keys)
     for index, (head, key, d, members) in enumerate(sweeps):
         color, marker, line = head_style(head)
         softmax = next((g for g in groups if g["head"] == "softmax" and g["d"] == d
                         and all(g["sizes"][k] == members[0]["sizes"][k] for k in match)), None)
         xs = [g["sizes"][key] for g in members]
-        panels = [("test_ppl", "test perplexity, log scale")] + ([("rank", f"rank ({name} tolerance), log scale")] if with_rank else [])
+        ppl_label = "test perplexity" + (" (smoothed)" if is_sparse(head) else "") + ", log scale"
+        panels = [("test_ppl", ppl_label)] + ([("rank", f"rank ({name} tolerance), log scale")] if with_rank else [])
         for offset, (metric, ylabel) in enumerate(panels):
             ax = axes[index * len(panels) + offset]
 
