@@ -322,7 +322,7 @@ def all_text(figure) -> str:
 def test_study_plots_have_the_expected_series(study, tmp_path):
     import matplotlib.pyplot as plt
 
-    from lm.summary import figures, save_figure
+    from lm.plots import figures, save_figure
 
     made = dict(figures(load_runs(study)))
     assert sorted(made) == [f"{name}-ptb-awd_lstm.png" for name in
@@ -506,7 +506,8 @@ def test_readme_marker_errors_are_one_sentence(small_study, tmp_path):
 
 
 def test_a_resumed_run_counts_each_evaluation_once(tmp_path):
-    from lm.summary import figure_validation_against, group_runs
+    from lm.plots import figure_validation_against
+    from lm.summary import group_runs
 
     run_dir = study_run(tmp_path, "softmax", 16, None, 1, 300.0)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -548,7 +549,8 @@ def test_the_plateau_check_and_the_sparsity_reached_are_columns(tmp_path):
 def test_fine_tuning_lines_continue_the_curves_dotted(tmp_path):
     """Fine-tuning epochs are numbered from 1 again in metrics.jsonl; the epoch plot puts them after the
     training epochs (not over them) and draws that stage dotted, as does the plot against tokens."""
-    from lm.summary import FINETUNE_NOTE, figure_validation_against, figure_validation_curves, group_runs
+    from lm.plots import FINETUNE_NOTE, figure_validation_against, figure_validation_curves
+    from lm.summary import group_runs
 
     run_dir = study_run(tmp_path, "softmax", 16, None, 1, 300.0)
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -574,7 +576,7 @@ def test_fine_tuning_lines_continue_the_curves_dotted(tmp_path):
 
 
 def test_a_learning_rate_pilot_sweep_gets_its_own_plot(tmp_path):
-    from lm.summary import figures
+    from lm.plots import figures
 
     ppl = {("softmax", 10.0): [220.0, 224.0], ("softmax", 20.0): [210.0, 216.0], ("mos", 10.0): [190.0, 194.0],
            ("mos", 20.0): [260.0, 250.0]}
