@@ -642,11 +642,13 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
     tolerances = [c for c in columns if c.startswith("rank_") and c != "rank_rows"]
     rank_rows = "rank_rows" in columns  # summaries written before the column have no rank rows
     kl = "kl_mean" in columns
-    sparse = "test_zero_target_fraction" in columns
-    zeros = "test_zero_fraction" in columns  # summaries written before the column have only the targets' share
     curve = "last_fifth_drop" in columns
     blocks = []
     for dataset, body, part, same, size_columns in _blocks(frame):
+        # the sparse heads' shares only in blocks with a sparse head (summaries written before the column of
+        # zero probabilities have only the targets' share)
+        sparse = "test_zero_target_fraction" in columns and part["test_zero_target_fraction"].notna().any()
+        zeros = sparse and "test_zero_fraction" in columns
         header = ["head", *size_columns, "d", "parameters", "valid ppl", "test ppl", "seeds", "test ppl 95% CI",
                   "test ppl vs softmax"]
         header += [f"rank ({c[len('rank_'):]})" for c in tolerances] + (["effective rank"] if tolerances else [])

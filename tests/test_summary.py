@@ -544,6 +544,16 @@ def test_the_plateau_check_and_the_sparsity_reached_are_columns(tmp_path):
     assert "| 40.00% | 90.00% | 6.67% |" in row
     one_point = [{"event": "valid_subset", "step": 600, "val_ppl": 300.0}]
     assert last_fifth_drop({"metrics": one_point}) is None and last_fifth_drop({"metrics": []}) is None
+    # a corpus without a sparse head: its table has no columns of zero shares
+    other = study_run(tmp_path / "wt2", "softmax", 16, None, 1, 280.0)
+    result = json.loads((other / "result.json").read_text())
+    result["dataset"] = "wikitext-2"
+    del result["test_zero_target_fraction"]
+    (other / "result.json").write_text(json.dumps(result))
+    text = markdown_tables(summarize(load_runs(tmp_path)))
+    ptb, wikitext = text.split("### wikitext-2")
+    assert "zero-prob targets" in ptb and "zero-prob targets" not in wikitext
+    assert "| valid ppl fall, last fifth | tokens/s |" in wikitext
 
 
 def test_fine_tuning_lines_continue_the_curves_dotted(tmp_path):
