@@ -349,6 +349,16 @@ def _rank_value(run: dict, name: str) -> Any:
     return ((run["rank"] or {}).get("rank") or {}).get(name)
 
 
+def unargmaxable_fraction(run: dict) -> float | None:
+    """The share of the vocabulary the run's head can never rank first for any hidden state in the box of its
+    rank report (Grivas et al. 2022; ``rank.json``'s ``unargmaxable``); None where the check does not apply
+    (a mixture is not argmax-equivalent to one logit vector), was not run, or left tokens undetermined."""
+    check = (run["rank"] or {}).get("unargmaxable") or {}
+    if not check.get("applicable") or check.get("undetermined") or not check.get("n_tokens"):
+        return None
+    return check["n_unargmaxable"] / check["n_tokens"]
+
+
 def _rank_rows(run: dict) -> Any:
     """The number of rows (predicted positions) of the run's rank report."""
     return (run["rank"] or {}).get("n_rows")
@@ -486,6 +496,8 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
     drops = {id(run): last_fifth_drop(run) for run in runs}  # the plateau check, once per run
     curves = {id(run): _training_curve(run) for run in runs}  # matched compute's curves, once per run
     any_curve = any(drop is not None for drop in drops.values())
+    unargmaxable = {id(run): unargmaxable_fraction(run) for run in runs}
+    any_unargmaxable = any(share is not None for share in unargmaxable.values())
     metrics = ["val_ppl", "test_ppl"] + (["kl"] if any_kl else [])
     compared = ["test_ppl"] + (["kl"] if any_kl else [])
     columns = ["dataset", "body", "head", *[column_name(k) for k in keys], "d", "n_params", "n_seeds", "seeds"]
@@ -494,6 +506,7 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
         if metric in compared:
             columns += [f"{metric}_diff_vs_softmax", f"{metric}_welch_p"]
     columns += [f"rank_{name}" for name in tolerances] + (["effective_rank", "rank_rows"] if tolerances else [])
+    columns += ["unargmaxable_fraction"] if any_unargmaxable else []
     if any_sparse:
         columns += ["test_zero_target_fraction", "test_zero_fraction", "test_smoothing"]
     columns += ["last_fifth_drop", *MATCHED_COMPUTE] if any_curve else []
@@ -535,6 +548,8 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
         if tolerances:
             row["effective_rank"] = describe([(run["rank"] or {}).get("effective_rank") for run in group["runs"]])["mean"]
             row["rank_rows"] = _joined([_rank_rows(run) for run in group["runs"]])
+        if any_unargmaxable:
+            row["unargmaxable_fraction"] = describe([unargmaxable[id(run)] for run in group["runs"]])["mean"]
         if any_sparse:
             for name in ("test_zero_target_fraction", "test_zero_fraction"):
                 row[name] = describe([r.get(name) for r in results])["mean"]
@@ -653,6 +668,8 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
                   "test ppl vs softmax"]
         header += [f"rank ({c[len('rank_'):]})" for c in tolerances] + (["effective rank"] if tolerances else [])
         header += ["rank rows"] if rank_rows else []
+        unargmaxable = "unargmaxable_fraction" in columns and part["unargmaxable_fraction"].notna().any()
+        header += ["unargmaxable tokens"] if unargmaxable else []
         if kl:
             header += ["KL (nats/token)", "KL vs softmax"]
         if sparse:
@@ -673,6 +690,8 @@ def markdown_tables(frame: pd.DataFrame, headings: bool = True) -> str:
                 cells.append(_fmt(r["effective_rank"], 1))
             if rank_rows:
                 cells.append(_fmt(r["rank_rows"]))
+            if unargmaxable:
+                cells.append("-" if _missing(r["unargmaxable_fraction"]) else f"{r['unargmaxable_fraction']:.1%}")
             if kl:
                 cells += [_spread(r["kl_mean"], r["kl_std"], digits), _versus(r["kl_diff_vs_softmax"], r["kl_welch_p"], digits)]
             for name, shown in (("test_zero_target_fraction", sparse), ("test_zero_fraction", zeros), ("last_fifth_drop", curve)):
@@ -902,6 +921,9 @@ def write_summary(results_dir: str | Path, command: str | None = None) -> dict:
            "d: the size of the hidden vector the head receives" if d_words == "d (head input size)" else
            "d: the width of the head's output embedding (older runs: the size of the hidden vector it receives)")
         + "; a softmax head's log-prob matrix has rank at most d + 2 (d + 1 without an output bias)."
+        + (" Unargmaxable tokens: the share of the vocabulary that no hidden state in the box of the largest hidden"
+           " coordinate seen can make the head's top token (Grivas et al. 2022; each token decided by a witness or an"
+           " LP certificate; softmax-type heads only, mean over seeds)." if "unargmaxable_fraction" in frame.columns else "")
         + (" KL: KL(P* || P_model) from the true next-token distribution, nats per token." if "kl_mean" in frame.columns else "")
         + (" Zero-prob targets / zero probabilities (sparse heads): the share of test targets, and of all test"
            " entries, given probability exactly 0 (their perplexity is that of the smoothed distribution)."

@@ -742,3 +742,32 @@ def test_no_softmax_beside_a_head_no_matched_compute_table(tmp_path):
     readme.write_text(f"<!-- table:{tmp_path.name}#matched-compute -->\n<!-- /table:{tmp_path.name}#matched-compute -->\n")
     with pytest.raises(UserError, match="no run of .* has validation curves beside a softmax run"):
         update_readme(readme)
+
+
+def test_unargmaxable_share_is_a_column(tmp_path):
+    """rank.json's unargmaxable check becomes the share of the vocabulary that can never be the top token,
+    averaged over seeds; heads the check does not apply to, and checks that left tokens undetermined, get
+    none."""
+    from lm.summary import markdown_tables, summarize, unargmaxable_fraction
+
+    checks = {1: {"applicable": True, "n_tokens": 10000, "n_unargmaxable": 9000, "undetermined": 0},
+              2: {"applicable": True, "n_tokens": 10000, "n_unargmaxable": 8000, "undetermined": []}}
+    for seed in (1, 2):
+        run_dir = study_run(tmp_path, "softmax", 16, None, seed, 300.0 + seed)
+        rank = json.loads((run_dir / "rank.json").read_text())
+        (run_dir / "rank.json").write_text(json.dumps({**rank, "unargmaxable": checks[seed]}))
+    run_dir = study_run(tmp_path, "mos", 16, None, 1, 250.0)
+    rank = json.loads((run_dir / "rank.json").read_text())
+    (run_dir / "rank.json").write_text(json.dumps({**rank, "unargmaxable": {"applicable": False, "reason": "a mixture"}}))
+    runs = load_runs(tmp_path)
+    assert sorted(unargmaxable_fraction(run) or 0.0 for run in runs) == [0.0, 0.8, 0.9]
+    cut_short = {"rank": {"unargmaxable": {**checks[1], "undetermined": 12}}}
+    assert unargmaxable_fraction(cut_short) is None and unargmaxable_fraction({"rank": None}) is None
+    frame = summarize(runs)
+    shares = dict(zip(frame["head"], frame["unargmaxable_fraction"]))
+    assert shares["softmax"] == pytest.approx(0.85, rel=1e-12) and pd.isna(shares["mos"])
+    lines = markdown_tables(frame).splitlines()
+    header = next(line for line in lines if line.startswith("| head")).split(" | ")
+    column = header.index("unargmaxable tokens")
+    assert next(line for line in lines if line.startswith("| softmax")).split(" | ")[column] == "85.0%"
+    assert next(line for line in lines if line.startswith("| mos")).split(" | ")[column] == "-"
