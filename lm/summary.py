@@ -460,12 +460,15 @@ MATCHED_COMPUTE = ("softmax_train_time_s", "softmax_final_valid_ppl", "valid_ppl
                    "time_to_softmax_valid_ppl_s", "seeds_reaching_softmax_valid_ppl")
 
 
-def _training_curve(run: dict) -> list[tuple[float, float]]:
+Curve = list[tuple[float, float]]  # (training seconds, validation perplexity) per evaluation
+
+
+def _training_curve(run: dict) -> Curve:
     """(training seconds, validation perplexity) at each evaluation of a run's training stage."""
     return [(x, y) for x, y, stage in _curve(run, "time") if stage == 0]
 
 
-def matched_compute(curves: list[list[tuple[float, float]]], reference_curves: list[list[tuple[float, float]]]) -> dict[str, Any]:
+def matched_compute(curves: list[Curve], reference_curves: list[Curve]) -> dict[str, Any]:
     """Where a group of runs stands at softmax's compute (issue 11's matched-compute question, as numbers),
     from their validation curves against training seconds (:func:`_training_curve`, one per seed): softmax's
     seconds for its whole budget and its final validation perplexity (means over the ``reference_curves``);
