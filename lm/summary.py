@@ -403,15 +403,16 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
     keys = varying_keys(runs)
     tolerances = rank_tolerances(runs)
     columns = ["dataset", "body", "head", *[column_name(k) for k in keys], "d", "seed", "val_ppl", "test_ppl",
-               *[f"rank_{t}" for t in tolerances], "effective_rank", "rank_rows", "kl", "test_zero_target_fraction",
-               "training_tokens", "steps", "tokens_per_second", "train_time_s", "wall_time_s", "n_params",
-               "git_commit", "git_dirty", "run"]
+               *[f"rank_{t}" for t in tolerances], "effective_rank", "rank_rows", "unargmaxable_fraction", "kl",
+               "test_zero_target_fraction", "training_tokens", "steps", "tokens_per_second", "train_time_s",
+               "wall_time_s", "n_params", "git_commit", "git_dirty", "run"]
     rows = []
     for run in runs:
         r = run["result"]
         row = {"dataset": r.get("dataset"), "body": r.get("body"), "head": r.get("head"), "d": run["d"],
                "seed": r.get("seed"), "kl": _kl_value(run["kl"]), "run": run["dir"].name,
-               "effective_rank": (run["rank"] or {}).get("effective_rank"), "rank_rows": _rank_rows(run)}
+               "effective_rank": (run["rank"] or {}).get("effective_rank"), "rank_rows": _rank_rows(run),
+               "unargmaxable_fraction": unargmaxable_fraction(run)}
         row.update({column_name(k): _setting(run, k) for k in keys})
         row.update({f"rank_{t}": _rank_value(run, t) for t in tolerances})
         for name in ("val_ppl", "test_ppl", "test_zero_target_fraction", "training_tokens", "steps", "tokens_per_second",

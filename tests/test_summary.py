@@ -748,7 +748,7 @@ def test_unargmaxable_share_is_a_column(tmp_path):
     """rank.json's unargmaxable check becomes the share of the vocabulary that can never be the top token,
     averaged over seeds; heads the check does not apply to, and checks that left tokens undetermined, get
     none."""
-    from lm.summary import markdown_tables, summarize, unargmaxable_fraction
+    from lm.summary import markdown_tables, runs_frame, summarize, unargmaxable_fraction
 
     checks = {1: {"applicable": True, "n_tokens": 10000, "n_unargmaxable": 9000, "undetermined": 0},
               2: {"applicable": True, "n_tokens": 10000, "n_unargmaxable": 8000, "undetermined": []}}
@@ -766,6 +766,8 @@ def test_unargmaxable_share_is_a_column(tmp_path):
     frame = summarize(runs)
     shares = dict(zip(frame["head"], frame["unargmaxable_fraction"]))
     assert shares["softmax"] == pytest.approx(0.85, rel=1e-12) and pd.isna(shares["mos"])
+    per_run = runs_frame(runs)
+    assert sorted(per_run["unargmaxable_fraction"].dropna()) == [0.8, 0.9]
     lines = markdown_tables(frame).splitlines()
     header = next(line for line in lines if line.startswith("| head")).split(" | ")
     column = header.index("unargmaxable tokens")
