@@ -291,7 +291,7 @@ def figure_test_perplexity(groups: list[dict], keys: list[str]):
     error bar, log scale; sparse heads in their own panel."""
     panels = _settings(groups, keys, with_d=True)
     parts = _split_sparse([("", [g for _, members in panels for g in members])])
-    fig, axes = _figure(len(parts), width=min(9.0, max(4.4, 0.45 * len(groups) + 2.5)))
+    fig, axes = _figure(len(parts), width=min(9.0, max(7.0 / len(parts), 0.45 * len(groups) + 2.5)))  # room for the title
     for ax, (part_label, members) in zip(axes, parts):
         if not members:  # a placeholder that starts the next row
             ax.remove()
@@ -331,8 +331,8 @@ def figure_test_perplexity(groups: list[dict], keys: list[str]):
         ax.grid(True, axis="y", which="both", alpha=0.3)
     if len(panels) > 1:  # clusters of heads per setting: a legend names the heads
         _legend(fig, axes)
-    _finish(fig, _title(f"Test perplexity per head ({_seed_words(groups)}; dots: seeds, open marker and bar: mean ± 1 s.d.)",
-                        groups))
+    spread = "; dots: seeds, open marker and bar: mean ± 1 s.d." if any(len(g["runs"]) > 1 for g in groups) else ""
+    _finish(fig, _title(f"Test perplexity per head ({_seed_words(groups)}{spread})", groups))
     return fig
 
 

@@ -773,3 +773,19 @@ def test_unargmaxable_share_is_a_column(tmp_path):
     column = header.index("unargmaxable tokens")
     assert next(line for line in lines if line.startswith("| softmax")).split(" | ")[column] == "85.0%"
     assert next(line for line in lines if line.startswith("| mos")).split(" | ")[column] == "-"
+
+
+def test_one_seed_per_head_has_no_spread_in_the_title(tmp_path):
+    """The per-head perplexity plot explains its dots and bars only when some head has several seeds."""
+    from lm.plots import figures
+
+    for head in ("softmax", "mos"):
+        fake_run(tmp_path / "one", head, 1)
+        for seed in (1, 2):
+            fake_run(tmp_path / "two", head, seed)
+    titles = {}
+    for name in ("one", "two"):
+        (figure,) = [fig for file, fig in figures(load_runs(tmp_path / name)) if file.startswith("test-ppl-")]
+        titles[name] = figure._suptitle.get_text()
+    assert titles["one"].startswith("Test perplexity per head (1 seed)") and "s.d." not in titles["one"]
+    assert "2 seeds; dots: seeds, open marker and bar: mean ± 1 s.d." in titles["two"].replace("\n", " ")
