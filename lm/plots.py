@@ -182,12 +182,29 @@ def _legend(fig, axes: list) -> None:
     fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=columns, fontsize=8, frameon=False)
 
 
-def _finish(fig, title: str) -> None:
-    """Title (wrapped) and a layout that leaves room for a shared legend below the panels."""
+def _wrap(text: str, width: int) -> list[str]:
+    """Lines of at most ``width`` characters, broken after a semicolon where one is near enough (so that a
+    phrase such as "budget 2.09 million training tokens (3,103 steps)" stays whole), else between words."""
     import textwrap
 
+    lines = []
+    for part in text.split("\n"):
+        current = ""
+        for chunk in part.split("; "):
+            joined = f"{current}; {chunk}" if current else chunk
+            if len(joined) <= width or not current:
+                current = joined
+            else:
+                lines.append(current + ";")
+                current = chunk
+        lines.append(current)
+    return [line for piece in lines for line in (textwrap.wrap(piece, width=width) if len(piece) > width else [piece])]
+
+
+def _finish(fig, title: str) -> None:
+    """Title (wrapped) and a layout that leaves room for a shared legend below the panels."""
     width_inches, height = fig.get_size_inches()
-    lines = [line for part in title.split("\n") for line in textwrap.wrap(part, width=max(40, int(width_inches * 12)))]
+    lines = _wrap(title, max(40, int(width_inches * 12)))
     fig.suptitle("\n".join(lines), fontsize=10)
     n_legend_rows = math.ceil(len(fig.legends[0].get_texts()) / fig.legends[0]._ncols) if fig.legends else 0
     bottom = (0.1 + 0.22 * n_legend_rows) / height if n_legend_rows else 0.0
@@ -247,6 +264,13 @@ def _seed_words(groups: list[dict]) -> str:
     return f"{'/'.join(map(str, counts))} seed{'' if counts == [1] else 's'}"
 
 
+def _over_seeds(groups: list[dict], spread: str = "") -> str:
+    """``mean of 3 seeds, <spread>``, or ``1 seed`` when no group has more (nothing to average or spread)."""
+    if all(len(g["runs"]) == 1 for g in groups):
+        return "1 seed"
+    return f"mean of {_seed_words(groups)}" + (f", {spread}" if spread else "")
+
+
 def _d_varies(groups: list[dict], keys: list[str]) -> bool:
     """Whether some line (a head at fixed options) has runs at two or more values of d."""
     return any(len({g["d"] for g in series if g["d"] is not None}) > 1 for _, _, series in _series(groups, keys))
@@ -282,7 +306,7 @@ def figure_test_ppl_vs_d(groups: list[dict], keys: list[str]):
             ax.set_title(label, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     _legend(fig, axes)
-    _finish(fig, _title(f"Test perplexity against d (mean of {_seed_words(groups)}, bars ± 1 s.d., dots: seeds)", groups))
+    _finish(fig, _title(f"Test perplexity against d ({_over_seeds(groups, 'bars ± 1 s.d., dots: seeds')})", groups))
     return fig
 
 
@@ -376,7 +400,7 @@ def figure_rank_vs_d(groups: list[dict], keys: list[str]):
     _legend(fig, axes)
     rows = sorted({(run["rank"] or {}).get("n_rows") for run in runs} - {None})
     where = f"; {'/'.join(f'{r:,}' for r in rows)} rows of the {runs[0]['rank'].get('split', 'valid')} split" if rows and runs[0]["rank"] else ""
-    _finish(fig, _title(f"Rank against d (mean of {_seed_words(groups)}{where})", groups))
+    _finish(fig, _title(f"Rank against d ({_over_seeds(groups)}{where})", groups))
     return fig
 
 
@@ -438,7 +462,8 @@ def _validation_figure(groups: list[dict], keys: list[str], curve_of, xlabel: st
             ax.set_title(label, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     _legend(fig, axes)
-    _finish(fig, _title(title.format(seeds=_seed_words(groups)) + ("; " + FINETUNE_NOTE if finetuned else ""), groups))
+    over = _over_seeds(groups, "band: lowest to highest seed")
+    _finish(fig, _title(title.format(over=over) + ("; " + FINETUNE_NOTE if finetuned else ""), groups))
     return fig, axes
 
 
@@ -449,7 +474,7 @@ def figure_validation_against(groups: list[dict], keys: list[str], x: str):
     what = "training tokens" if x == "tokens" else "training time"
     made = _validation_figure(groups, keys, lambda run: _curve(run, x),
                               "training tokens" if x == "tokens" else "training time (seconds, wall clock)",
-                              f"Validation perplexity against {what} (mean of {{seeds}}, band: lowest to highest seed)")
+                              f"Validation perplexity against {what} ({{over}})")
     if made is None:
         return None
     fig, axes = made
@@ -464,7 +489,7 @@ def figure_validation_curves(groups: list[dict], keys: list[str]):
     from matplotlib.ticker import MaxNLocator
 
     made = _validation_figure(groups, keys, _epoch_curve, "epoch",
-                              "Validation perplexity per epoch (mean of {seeds}, band: lowest to highest seed)")
+                              "Validation perplexity per epoch ({over})")
     if made is None:
         return None
     fig, axes = made
@@ -628,8 +653,8 @@ def figure_option_sweeps(groups: list[dict], keys: list[str]):
             ax.set_title(f"{head_words(head)}, d = {value_words(d)}", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
     _legend(fig, axes)
-    _finish(fig, _title(f"Head options swept at one d (mean of {_seed_words([g for *_, m in sweeps for g in m])}, "
-                        "bars ± 1 s.d.)", groups))
+    swept = [g for *_, members in sweeps for g in members]
+    _finish(fig, _title(f"Head options swept at one d ({_over_seeds(swept, 'bars ± 1 s.d.')})", groups))
     return fig
 
 
@@ -670,7 +695,7 @@ def figure_validation_against_setting(groups: list[dict], keys: list[str], key: 
             ax.set_title(label, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     _legend(fig, axes)
-    _finish(fig, _title(f"Validation perplexity against {key_words(key)} (mean of {_seed_words(groups)}, bars ± 1 s.d.)", groups))
+    _finish(fig, _title(f"Validation perplexity against {key_words(key)} ({_over_seeds(groups, 'bars ± 1 s.d.')})", groups))
     return fig
 
 

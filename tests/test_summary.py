@@ -776,16 +776,37 @@ def test_unargmaxable_share_is_a_column(tmp_path):
 
 
 def test_one_seed_per_head_has_no_spread_in_the_title(tmp_path):
-    """The per-head perplexity plot explains its dots and bars only when some head has several seeds."""
+    """Titles speak of means, bands and bars only when some head has several seeds."""
     from lm.plots import figures
+
+    def rank(d: int) -> dict:
+        return {"rank": {"numpy": d + 2}, "singular_values": spectrum(48, d + 2), "effective_rank": 3.0}
 
     for head in ("softmax", "mos"):
         fake_run(tmp_path / "one", head, 1)
         for seed in (1, 2):
             fake_run(tmp_path / "two", head, seed)
-    titles = {}
-    for name in ("one", "two"):
-        (figure,) = [fig for file, fig in figures(load_runs(tmp_path / name)) if file.startswith("test-ppl-")]
-        titles[name] = figure._suptitle.get_text()
-    assert titles["one"].startswith("Test perplexity per head (1 seed)") and "s.d." not in titles["one"]
-    assert "2 seeds; dots: seeds, open marker and bar: mean ± 1 s.d." in titles["two"].replace("\n", " ")
+            for d in (8, 16):
+                fake_run(tmp_path / "d" / str(seed), head, seed, d=d, rank=rank(d))
+
+    def titles(root: Path) -> dict[str, str]:  # the spectrum draws the first seed and says so
+        return {file.split("-toy")[0]: fig._suptitle.get_text().replace("\n", " ")
+                for file, fig in figures(load_runs(root)) if not file.startswith("spectrum")}
+
+    assert titles(tmp_path / "one")["test-ppl"].startswith("Test perplexity per head (1 seed)")
+    assert "2 seeds; dots: seeds, open marker and bar: mean ± 1 s.d." in titles(tmp_path / "two")["test-ppl"]
+    one, two = titles(tmp_path / "d" / "1"), titles(tmp_path / "d")  # seed 1 alone; seeds 1 and 2
+    assert {"test-ppl-vs-d", "rank-vs-d", "valid-ppl"} <= set(one)
+    for name, title in one.items():
+        assert "(1 seed" in title and "mean of" not in title and "band" not in title and "s.d." not in title, name
+    assert all("mean of 2 seeds" in two[name] for name in ("test-ppl-vs-d", "rank-vs-d", "valid-ppl")), two
+
+
+def test_titles_break_after_a_semicolon_before_mid_phrase():
+    from lm.plots import _wrap
+
+    title = "Spectra (first seed)\nWikiText-2, AWD-LSTM, d = 32; budget 2.09 million training tokens (3,103 steps)"
+    assert _wrap(title, 76) == ["Spectra (first seed)", "WikiText-2, AWD-LSTM, d = 32;",
+                                "budget 2.09 million training tokens (3,103 steps)"]
+    assert _wrap("short; enough", 76) == ["short; enough"]
+    assert [len(line) <= 20 for line in _wrap("a phrase with no semicolon that is too long", 20)] == [True, True, True]
