@@ -234,6 +234,17 @@ def _plain_log_ticks(axis) -> None:
     axis.set_minor_formatter(formatter if subs else FuncFormatter(lambda value, _: ""))
 
 
+def _log_panel(ax, ylabel: str, title: str = "", grid: str = "both") -> None:
+    """A panel with a logarithmic y axis in plain numbers: its label (", log scale" added), its title if any
+    and a light grid (``grid``: the axes it spans)."""
+    ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
+    ax.set_ylabel(f"{ylabel}, log scale")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(True, axis=grid, which="both", alpha=0.3)
+
+
 def _count_ticks(axis) -> None:
     """Tick labels like 250k and 1.5M on a linear axis of counts."""
     from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -299,12 +310,7 @@ def figure_test_ppl_vs_d(groups: list[dict], keys: list[str]):
                 values = _clean([run["result"].get("test_ppl") for run in group["runs"]])
                 ax.scatter([d] * len(values), values, color=color, s=9, alpha=0.4, linewidths=0, zorder=3)
         _d_axis(ax, ds, _d_words(groups))
-        ax.set_yscale("log")
-        _plain_log_ticks(ax.yaxis)
-        ax.set_ylabel("test perplexity, log scale")
-        if label:
-            ax.set_title(label, fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
+        _log_panel(ax, "test perplexity", label)
     _legend(fig, axes)
     _finish(fig, _title(f"Test perplexity against d ({_over_seeds(groups, 'bars ± 1 s.d., dots: seeds')})", groups))
     return fig
@@ -347,12 +353,7 @@ def figure_test_perplexity(groups: list[dict], keys: list[str]):
             ax.set_xticklabels([name for name, _, _ in lines], fontsize=8)
             ax.set_xlim(-0.6, len(lines) - 0.4)
             ax.set_xlabel("output head" + (f" ({settings[0][0]})" if settings and settings[0][0] else ""))
-        ax.set_yscale("log")
-        _plain_log_ticks(ax.yaxis)
-        ax.set_ylabel("test perplexity, log scale")
-        if part_label:
-            ax.set_title(part_label, fontsize=9)
-        ax.grid(True, axis="y", which="both", alpha=0.3)
+        _log_panel(ax, "test perplexity", part_label, grid="y")
     if len(panels) > 1:  # clusters of heads per setting: a legend names the heads
         _legend(fig, axes)
     spread = "; dots: seeds, open marker and bar: mean ± 1 s.d." if any(len(g["runs"]) > 1 for g in groups) else ""
@@ -391,12 +392,7 @@ def figure_rank_vs_d(groups: list[dict], keys: list[str]):
         if len(full) == 1:
             ax.axhline(full[0], color="gray", linestyle=":", linewidth=1.0, label=f"largest possible rank ({full[0]:,})")
         _d_axis(ax, ds, _d_words(groups))
-        ax.set_yscale("log")
-        _plain_log_ticks(ax.yaxis)
-        ax.set_ylabel(f"rank ({name} tolerance), log scale")
-        if label:
-            ax.set_title(label, fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
+        _log_panel(ax, f"rank ({name} tolerance)", label)
     _legend(fig, axes)
     rows = sorted({(run["rank"] or {}).get("n_rows") for run in runs} - {None})
     where = f"; {'/'.join(f'{r:,}' for r in rows)} rows of the {runs[0]['rank'].get('split', 'valid')} split" if rows and runs[0]["rank"] else ""
@@ -454,13 +450,8 @@ def _validation_figure(groups: list[dict], keys: list[str], curve_of, xlabel: st
                 if curves:
                     _draw_mean_curve(ax, curves, style, name)
                     finetuned = finetuned or any(point[2] for c in curves for point in c)
-        ax.set_yscale("log")
-        _plain_log_ticks(ax.yaxis)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("validation perplexity, log scale")
-        if label:
-            ax.set_title(label, fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
+        _log_panel(ax, "validation perplexity", label)
     _legend(fig, axes)
     over = _over_seeds(groups, "band: lowest to highest seed")
     _finish(fig, _title(title.format(over=over) + ("; " + FINETUNE_NOTE if finetuned else ""), groups))
@@ -622,8 +613,8 @@ def figure_option_sweeps(groups: list[dict], keys: list[str]):
         softmax = next((g for g in groups if g["head"] == "softmax" and g["d"] == d
                         and all(g["sizes"][k] == members[0]["sizes"][k] for k in match)), None)
         xs = [g["sizes"][key] for g in members]
-        ppl_label = "test perplexity" + (" (smoothed)" if is_sparse(head) else "") + ", log scale"
-        panels = [("test_ppl", ppl_label)] + ([("rank", f"rank ({name} tolerance), log scale")] if with_rank else [])
+        ppl_label = "test perplexity" + (" (smoothed)" if is_sparse(head) else "")
+        panels = [("test_ppl", ppl_label)] + ([("rank", f"rank ({name} tolerance)")] if with_rank else [])
         for offset, (metric, ylabel) in enumerate(panels):
             ax = axes[index * len(panels) + offset]
 
@@ -646,12 +637,8 @@ def figure_option_sweeps(groups: list[dict], keys: list[str]):
                 ax.minorticks_off()
             else:
                 ax.set_xticks(xs)
-            ax.set_yscale("log")
-            _plain_log_ticks(ax.yaxis)
             ax.set_xlabel(f"{key_words(key)} of {head_words(head)}" + (", log scale" if ax.get_xscale() == "log" else ""))
-            ax.set_ylabel(ylabel)
-            ax.set_title(f"{head_words(head)}, d = {value_words(d)}", fontsize=9)
-            ax.grid(True, which="both", alpha=0.3)
+            _log_panel(ax, ylabel, f"{head_words(head)}, d = {value_words(d)}")
     _legend(fig, axes)
     swept = [g for *_, members in sweeps for g in members]
     _finish(fig, _title(f"Head options swept at one d ({_over_seeds(swept, 'bars ± 1 s.d.')})", groups))
@@ -687,13 +674,8 @@ def figure_validation_against_setting(groups: list[dict], keys: list[str], key: 
             ax.minorticks_off()
         ax.set_xticks(xs_all)
         ax.set_xticklabels([value_words(x) for x in xs_all])
-        ax.set_yscale("log")
-        _plain_log_ticks(ax.yaxis)
         ax.set_xlabel(key_words(key) + (", log scale" if ax.get_xscale() == "log" else ""))
-        ax.set_ylabel("validation perplexity, log scale")
-        if label:
-            ax.set_title(label, fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
+        _log_panel(ax, "validation perplexity", label)
     _legend(fig, axes)
     _finish(fig, _title(f"Validation perplexity against {key_words(key)} ({_over_seeds(groups, 'bars ± 1 s.d.')})", groups))
     return fig
