@@ -172,6 +172,16 @@ def _figure(n_panels: int, width: float = 4.6, height: float = 3.6, columns: int
     return fig, list(axes.flat[:n_panels])
 
 
+def _filled(axes: list, panels: list[tuple[str, list[dict]]]):
+    """(axis, label, groups) of each panel with groups; a placeholder panel (no groups: it starts the next
+    row) loses its axis."""
+    for ax, (label, members) in zip(axes, panels):
+        if members:
+            yield ax, label, members
+        else:
+            ax.remove()
+
+
 def _legend(fig, axes: list) -> None:
     """One legend for all panels, below them (it never hides a line)."""
     entries: dict[str, Any] = {}
@@ -295,10 +305,7 @@ def figure_test_ppl_vs_d(groups: list[dict], keys: list[str]):
         return None
     panels = _split_sparse(_settings(groups, keys, with_d=False))
     fig, axes = _figure(len(panels))
-    for ax, (label, members) in zip(axes, panels):
-        if not members:  # a placeholder that starts the next row
-            ax.remove()
-            continue
+    for ax, label, members in _filled(axes, panels):
         for name, (color, marker, line), series in _d_curves(_series(members, keys, groups)):
             points = [(g["d"], describe([run["result"].get("test_ppl") for run in g["runs"]]), g) for g in series if g["d"] is not None]
             points = [p for p in points if p[1]["mean"] is not None]
@@ -322,10 +329,7 @@ def figure_test_perplexity(groups: list[dict], keys: list[str]):
     panels = _settings(groups, keys, with_d=True)
     parts = _split_sparse([("", [g for _, members in panels for g in members])])
     fig, axes = _figure(len(parts), width=min(9.0, max(7.0 / len(parts), 0.45 * len(groups) + 2.5)))  # room for the title
-    for ax, (part_label, members) in zip(axes, parts):
-        if not members:  # a placeholder that starts the next row
-            ax.remove()
-            continue
+    for ax, part_label, members in _filled(axes, parts):
         settings = [(label, [g for g in panel if g in members]) for label, panel in panels]
         settings = [(label, panel) for label, panel in settings if panel]
         lines = _series(members, keys, groups)
@@ -376,10 +380,7 @@ def figure_rank_vs_d(groups: list[dict], keys: list[str]):
         return None
     panels = _settings(groups, keys, with_d=False)
     fig, axes = _figure(len(panels))
-    for ax, (label, members) in zip(axes, panels):
-        if not members:  # a placeholder that starts the next row
-            ax.remove()
-            continue
+    for ax, label, members in _filled(axes, panels):
         for series_name, (color, marker, line), series in _d_curves(_series(members, keys, groups)):
             points = [(g["d"], describe([_rank_value(run, name) for run in g["runs"]])) for g in series if g["d"] is not None]
             points = [p for p in points if p[1]["mean"] is not None]
@@ -440,10 +441,7 @@ def _validation_figure(groups: list[dict], keys: list[str], curve_of, xlabel: st
     panels = _split_sparse(_settings(groups, keys, with_d=True))
     fig, axes = _figure(len(panels))
     finetuned = False
-    for ax, (label, members) in zip(axes, panels):
-        if not members:  # a placeholder that starts the next row
-            ax.remove()
-            continue
+    for ax, label, members in _filled(axes, panels):
         for name, style, series in _series(members, keys, groups):
             for group in series:
                 curves = [c for c in map(curve_of, group["runs"]) if c]
@@ -509,10 +507,7 @@ def figure_spectra(groups: list[dict], keys: list[str]):
     if not panels:
         return None
     fig, axes = _figure(len(panels))
-    for ax, (label, members) in zip(axes, panels):
-        if not members:  # a placeholder that starts the next row
-            ax.remove()
-            continue
+    for ax, label, members in _filled(axes, panels):
         floor = 1.0
         for name, (color, _, line), series in _series(members, keys, groups):
             for group in series:

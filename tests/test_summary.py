@@ -777,6 +777,8 @@ def test_unargmaxable_share_is_a_column(tmp_path):
 
 def test_one_seed_per_head_has_no_spread_in_the_title(tmp_path):
     """Titles speak of means, bands and bars only when some head has several seeds."""
+    import matplotlib.pyplot as plt
+
     from lm.plots import figures
 
     def rank(d: int) -> dict:
@@ -790,8 +792,11 @@ def test_one_seed_per_head_has_no_spread_in_the_title(tmp_path):
                 fake_run(tmp_path / "d" / str(seed), head, seed, d=d, rank=rank(d))
 
     def titles(root: Path) -> dict[str, str]:  # the spectrum draws the first seed and says so
+        made = figures(load_runs(root))
+        for _, fig in made:
+            plt.close(fig)
         return {file.split("-toy")[0]: fig._suptitle.get_text().replace("\n", " ")
-                for file, fig in figures(load_runs(root)) if not file.startswith("spectrum")}
+                for file, fig in made if not file.startswith("spectrum")}
 
     assert titles(tmp_path / "one")["test-ppl"].startswith("Test perplexity per head (1 seed)")
     assert "2 seeds; dots: seeds, open marker and bar: mean ± 1 s.d." in titles(tmp_path / "two")["test-ppl"]
