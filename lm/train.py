@@ -533,7 +533,7 @@ class Trainer:
 
     def build(self) -> None:
         """Model, data, optimizer and generators, seeded (in this order) as every run always was."""
-        t, corpus, world = self.t, self.corpus, self.world
+        t, corpus = self.t, self.corpus
         seed_everything(t.seed)
         self.model = build_model(self.config, len(corpus.vocab)).to(self.device)
         self.folder.check_disk(self.model)

@@ -15,7 +15,6 @@ token x tokens/s / GEMM FLOP/s). Writes ``results/bench/train_throughput.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile

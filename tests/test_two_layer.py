@@ -14,7 +14,7 @@ from bottleneck_analysis.two_layer_experiments import (
 )
 from bottleneck_analysis.two_layer_gd import GradientDescentConfig, train_first_layer
 from bottleneck_analysis.two_layer_ntk import (
-    extreme_eigenvalues, limit_ntk, ntk_extreme_eigenvalues, ntk_gram, ntk_gram_from_jacobian,
+    limit_ntk, ntk_extreme_eigenvalues, ntk_gram, ntk_gram_from_jacobian,
 )
 from lm.errors import UserError
 
