@@ -90,3 +90,26 @@ def test_check_reproduces_confirms_a_run_and_catches_a_changed_loss(tiny_corpus,
     metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
     done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
     assert done.returncode == 1 and "DIFFERENT" in done.stdout and "do NOT reproduce" in done.stdout
+
+
+def test_machine_time_sums_training_and_rank_seconds(tmp_path):
+    """scripts/machine_time.py adds each run's training seconds and its rank reports' seconds, per folder and
+    over all, and divides by the runs that shared the machine; a missing folder is one sentence, exit 2."""
+    def write(path: Path, record: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+
+    write(tmp_path / "grid" / "a" / "result.json", {"wall_time_s": 3600.0})
+    write(tmp_path / "grid" / "a" / "rank.json", {"seconds": {"rank": 100.0, "total": 1800.0}})
+    write(tmp_path / "grid" / "a" / "rank-full.json", {"seconds": {"rank": 900.0, "total": 1800.0}})
+    write(tmp_path / "grid" / "b" / "result.json", {"wall_time_s": 7200.0})
+    write(tmp_path / "sweep" / "c" / "result.json", {"wall_time_s": 1800.0})
+    script = [sys.executable, str(SCRIPTS / "machine_time.py")]
+    done = subprocess.run([*script, "grid", "sweep", "--parallel", "2"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "| grid | 2 | 3.00 | 2 | 1.00 | 4.00 |" in done.stdout
+    assert "| sweep | 1 | 0.50 | 0 | 0.00 | 0.50 |" in done.stdout
+    assert "all folders: 4.5 run-hours; 2.2 hours of the machine at 2 run(s) at a time" in done.stdout
+    missing = subprocess.run([*script, "grid", "nowhere"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stderr.strip() == "error: no such results folder: nowhere"
