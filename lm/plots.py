@@ -272,6 +272,17 @@ def _d_axis(ax, ds: list, label: str) -> None:
     ax.set_xlabel(f"{label}, log scale")
 
 
+def _mean_line(ax, points: list[tuple[Any, dict]], style: tuple, label: str) -> None:
+    """One line of means over seeds with bars of ± 1 s.d. through ``points`` ((x, :func:`describe` of the
+    seeds' values)), leaving out the points without a mean."""
+    points = [(x, spread) for x, spread in points if spread["mean"] is not None]
+    if points:
+        color, marker, line = style
+        ax.errorbar([x for x, _ in points], [spread["mean"] for _, spread in points],
+                    yerr=[spread["std"] or 0.0 for _, spread in points], color=color, marker=marker, linestyle=line,
+                    linewidth=1.5, markersize=5, capsize=3, label=label)
+
+
 def _title(what: str, groups: list[dict]) -> str:
     first = groups[0]
     budget = budget_words(groups)
@@ -306,16 +317,13 @@ def figure_test_ppl_vs_d(groups: list[dict], keys: list[str]):
     panels = _split_sparse(_settings(groups, keys, with_d=False))
     fig, axes = _figure(len(panels))
     for ax, label, members in _filled(axes, panels):
-        for name, (color, marker, line), series in _d_curves(_series(members, keys, groups)):
+        for name, style, series in _d_curves(_series(members, keys, groups)):
             points = [(g["d"], describe([run["result"].get("test_ppl") for run in g["runs"]]), g) for g in series if g["d"] is not None]
-            points = [p for p in points if p[1]["mean"] is not None]
-            if not points:
-                continue
-            ax.errorbar([p[0] for p in points], [p[1]["mean"] for p in points], yerr=[p[1]["std"] or 0.0 for p in points],
-                        color=color, marker=marker, linestyle=line, linewidth=1.5, markersize=5, capsize=3, label=name)
-            for d, _, group in points:
-                values = _clean([run["result"].get("test_ppl") for run in group["runs"]])
-                ax.scatter([d] * len(values), values, color=color, s=9, alpha=0.4, linewidths=0, zorder=3)
+            _mean_line(ax, [(d, spread) for d, spread, _ in points], style, name)
+            for d, spread, group in points:
+                if spread["mean"] is not None:  # the seeds of each drawn mean
+                    values = _clean([run["result"].get("test_ppl") for run in group["runs"]])
+                    ax.scatter([d] * len(values), values, color=style[0], s=9, alpha=0.4, linewidths=0, zorder=3)
         _d_axis(ax, ds, _d_words(groups))
         _log_panel(ax, "test perplexity", label)
     _legend(fig, axes)
@@ -381,12 +389,9 @@ def figure_rank_vs_d(groups: list[dict], keys: list[str]):
     panels = _settings(groups, keys, with_d=False)
     fig, axes = _figure(len(panels))
     for ax, label, members in _filled(axes, panels):
-        for series_name, (color, marker, line), series in _d_curves(_series(members, keys, groups)):
-            points = [(g["d"], describe([_rank_value(run, name) for run in g["runs"]])) for g in series if g["d"] is not None]
-            points = [p for p in points if p[1]["mean"] is not None]
-            if points:
-                ax.errorbar([p[0] for p in points], [p[1]["mean"] for p in points], yerr=[p[1]["std"] or 0.0 for p in points],
-                            color=color, marker=marker, linestyle=line, linewidth=1.5, markersize=5, capsize=3, label=series_name)
+        for series_name, style, series in _d_curves(_series(members, keys, groups)):
+            _mean_line(ax, [(g["d"], describe([_rank_value(run, name) for run in g["runs"]])) for g in series if g["d"] is not None],
+                       style, series_name)
         ax.plot(ds, [d + 2 for d in ds], color="gray", linestyle="-", linewidth=5, alpha=0.35, zorder=1,
                 label="softmax bound d + 2")
         full = sorted({(run["rank"] or {}).get("max_rank") for g in members for run in g["runs"]} - {None})
@@ -539,25 +544,20 @@ def figure_spectra(groups: list[dict], keys: list[str]):
 
 def figure_kl_vs_d(groups: list[dict], keys: list[str]):
     """KL from the true distribution against d, one line per head (mean over seeds, bars ± 1 s.d.)."""
-    points: dict[str, list] = {}
-    styles: dict[str, tuple] = {}
+    lines = []  # (name, style, [(d, spread)]) of every head with a KL
     for name, style, series in _series(groups, keys):
-        for group in series:
-            spread = describe([_kl_value(run["kl"]) for run in group["runs"]])
-            if spread["mean"] is not None and group["d"] is not None:
-                points.setdefault(name, []).append((group["d"], spread["mean"], spread["std"]))
-                styles[name] = style
-    if not points:
+        points = [(g["d"], describe([_kl_value(run["kl"]) for run in g["runs"]])) for g in series if g["d"] is not None]
+        points = sorted([(d, spread) for d, spread in points if spread["mean"] is not None], key=lambda point: point[0])
+        if points:
+            lines.append((name, style, points))
+    if not lines:
         return None
     fig, axes = _figure(1)
     ax = axes[0]
-    positive = all(mean > 0 for values in points.values() for _, mean, _ in values)
-    for name, values in points.items():
-        values = sorted(values)
-        color, marker, line = styles[name]
-        ax.errorbar([p[0] for p in values], [p[1] for p in values], yerr=[p[2] or 0.0 for p in values], color=color,
-                    marker=marker, linestyle=line, linewidth=1.5, markersize=5, capsize=3, label=name)
-    _d_axis(ax, sorted({p[0] for values in points.values() for p in values}), _d_words(groups))
+    positive = all(spread["mean"] > 0 for *_, points in lines for _, spread in points)
+    for name, style, points in lines:
+        _mean_line(ax, points, style, name)
+    _d_axis(ax, sorted({d for *_, points in lines for d, _ in points}), _d_words(groups))
     if positive:
         ax.set_yscale("log")
         _plain_log_ticks(ax.yaxis)
@@ -604,7 +604,7 @@ def figure_option_sweeps(groups: list[dict], keys: list[str]):
     fig, axes = _figure(len(sweeps) * per_sweep, columns=per_sweep if with_rank else 3)  # with rank: one sweep a row
     match = comparison_keys(groups, keys)
     for index, (head, key, d, members) in enumerate(sweeps):
-        color, marker, line = head_style(head)
+        style = head_style(head)
         softmax = next((g for g in groups if g["head"] == "softmax" and g["d"] == d
                         and all(g["sizes"][k] == members[0]["sizes"][k] for k in match)), None)
         xs = [g["sizes"][key] for g in members]
@@ -617,8 +617,7 @@ def figure_option_sweeps(groups: list[dict], keys: list[str]):
                 return [_rank_value(run, name) if metric == "rank" else run["result"].get("test_ppl") for run in group["runs"]]
 
             spread = [describe(values(g)) for g in members]
-            ax.errorbar(xs, [s["mean"] for s in spread], yerr=[s["std"] or 0.0 for s in spread], color=color, marker=marker,
-                        linestyle=line, linewidth=1.5, markersize=5, capsize=3, label=head_words(head))
+            _mean_line(ax, list(zip(xs, spread)), style, head_words(head))
             if softmax is not None and describe(values(softmax))["mean"] is not None:
                 ax.axhline(describe(values(softmax))["mean"], color=head_style("softmax")[0], linestyle="--", linewidth=1.0,
                            label=f"softmax at d = {value_words(d)}")
@@ -657,13 +656,10 @@ def figure_validation_against_setting(groups: list[dict], keys: list[str], key: 
     panels = _split_sparse(_settings(groups, others, with_d=True))
     fig, axes = _figure(len(panels))
     xs_all = sorted({g["sizes"][key] for g in groups})
-    for ax, (label, members) in zip(axes, panels):
-        for name, (color, marker, line), series in _series(members, others, groups):
-            points = sorted((g["sizes"][key], describe([run["result"].get("val_ppl") for run in g["runs"]])) for g in series)
-            points = [p for p in points if p[1]["mean"] is not None]
-            if points:
-                ax.errorbar([p[0] for p in points], [p[1]["mean"] for p in points], yerr=[p[1]["std"] or 0.0 for p in points],
-                            color=color, marker=marker, linestyle=line, linewidth=1.5, markersize=5, capsize=3, label=name)
+    for ax, label, members in _filled(axes, panels):
+        for name, style, series in _series(members, others, groups):
+            _mean_line(ax, sorted(((g["sizes"][key], describe([run["result"].get("val_ppl") for run in g["runs"]])) for g in series),
+                                  key=lambda point: point[0]), style, name)
         if all(x > 0 for x in xs_all) and max(xs_all) / min(xs_all) >= 4:
             ax.set_xscale("log")
             ax.minorticks_off()
